@@ -1,0 +1,1 @@
+"""Launch files, parameters and the `fedvla` command line that starts the stack."""

@@ -1,0 +1,1 @@
+"""Per-robot fleet-learning node: episode logging, round scheduling, and the Flower ClientApp."""

@@ -1,0 +1,1 @@
+"""Flower ServerApp and strategies: Expert-Driven Aggregation, FedAvg, FedProx, FedPart."""
