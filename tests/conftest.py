@@ -1,0 +1,95 @@
+"""Shared test fixtures.
+
+Every test gets its own ROS_DOMAIN_ID and loopback-only discovery, set in os.environ so that
+the processes a test starts inherit them. Domain ids are derived from the pid and a counter,
+so two pytest runs on one machine do not see each other's nodes.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_domain_counter = itertools.count()
+
+
+def _next_domain_id() -> int:
+    # Fast DDS maps domain ids to UDP ports; 1..100 is safe on Linux.
+    return (os.getpid() * 7 + next(_domain_counter)) % 100 + 1
+
+
+@pytest.fixture(autouse=True)
+def ros_isolation(monkeypatch, tmp_path):
+    """Loopback-only discovery, a private domain id and a private ROS log dir for every test."""
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    domain = _next_domain_id()
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
+    monkeypatch.setenv("ROS_LOG_DIR", str(tmp_path / "ros_log"))
+    monkeypatch.setenv("MUJOCO_GL", os.environ.get("MUJOCO_GL", "egl"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    yield domain
+
+
+@pytest.fixture
+def rclpy_context():
+    """A private, initialised rclpy Context, shut down after the test."""
+    import rclpy
+    from rclpy.context import Context
+
+    ctx = Context()
+    rclpy.init(context=ctx)
+    try:
+        yield ctx
+    finally:
+        rclpy.shutdown(context=ctx)
+
+
+class ProcessGroup:
+    """Real child processes started by a test; all are terminated (then killed) at teardown."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, args: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "wb")
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        cmd = [sys.executable, *args] if args[0] in ("-m", "-c") or args[0].endswith(".py") else args
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                cwd=str(REPO), start_new_session=True)
+        proc.log_path = self.log_dir / f"{name}.log"  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def log(self, proc) -> str:
+        return Path(proc.log_path).read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGINT)
+        deadline = time.monotonic() + 10
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+@pytest.fixture
+def processes(tmp_path):
+    """Start real processes (`processes.start([...], name)`); stopped at teardown."""
+    group = ProcessGroup(tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop_all()
