@@ -1,0 +1,47 @@
+"""The node graph of one robot, described once.
+
+Both the ROS 2 launch files (launch/*.launch.py, for real installs with launch_ros) and the
+project CLI (`fedvla up robot`, for machines without launch_ros) build the same processes
+from these specs, so the two cannot drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One ROS 2 node: how `ros2 run` finds it and how the CLI starts it without launch_ros."""
+
+    package: str
+    executable: str  # console script installed to lib/<package>/ (what launch_ros runs)
+    module: str  # Python module whose main() runs the node (what the CLI runs here)
+    name: str  # node name
+    params_file: str  # YAML under share/<package>/config
+    parameters: dict = field(default_factory=dict)  # overrides on top of params_file
+    role: str = ""  # one line for `fedvla graph`
+
+
+SIM_ROBOT = ("fedvla_sim", "sim_robot", "fedvla_sim.robot_node", "sim_robot", "sim_robot.yaml")
+POLICY_SERVER = ("fedvla_policy", "policy_server", "fedvla_policy.server_node", "policy_server", "policy_server.yaml")
+FED_CLIENT = ("fedvla_fed_client", "fed_client", "fedvla_fed_client.client_node", "fed_client", "fed_client.yaml")
+
+
+def robot_graph(*, sim: bool, checkpoint: str = "", episode_dir: str = "", robot_id: str = "robot1",
+                with_fed_client: bool = True, sim_tasks: list[str] | None = None) -> list[NodeSpec]:
+    """The nodes of one robot: (sim arm,) policy action server, (fed client)."""
+    nodes = []
+    if sim:
+        params = {"tasks": sim_tasks} if sim_tasks else {}
+        nodes.append(NodeSpec(*SIM_ROBOT, parameters=params,
+                              role="MuJoCo Panda: cameras, joint_states, task_success; follows JointTrajectory"))
+    policy_params = {"checkpoint": checkpoint} if checkpoint else {}
+    nodes.append(NodeSpec(*POLICY_SERVER, parameters=policy_params,
+                          role="ExecuteInstruction action server: VLA policy -> JointTrajectory"))
+    if with_fed_client:
+        fed_params = {"robot_id": robot_id}
+        if episode_dir:
+            fed_params["episode_dir"] = episode_dir
+        nodes.append(NodeSpec(*FED_CLIENT, parameters=fed_params,
+                              role="episode logger + round scheduler + Flower SuperNode supervisor"))
+    return nodes

@@ -1,0 +1,44 @@
+"""One robot: the policy action server (and fed client) for a real arm, or with the MuJoCo arm (sim:=true).
+
+    ros2 launch fedvla_bringup robot.launch.py sim:=true namespace:=robot1
+    ros2 launch fedvla_bringup robot.launch.py checkpoint:=/path/to/ckpt controller_topic:=/arm_controller/joint_trajectory
+
+Without launch_ros (this repo's pip-only environment), `fedvla up robot [--sim]` starts the same graph:
+both build it from fedvla_bringup.graph.
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from fedvla_bringup.graph import robot_graph
+from fedvla_bringup.paths import config_file
+
+
+def _nodes(context):
+    arg = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
+    specs = robot_graph(sim=arg("sim").lower() == "true", checkpoint=arg("checkpoint"),
+                        episode_dir=arg("episode_dir"), robot_id=arg("robot_id"),
+                        with_fed_client=arg("fed_client").lower() == "true")
+    actions = []
+    for spec in specs:
+        params = [str(config_file(spec.package, spec.params_file)), dict(spec.parameters)]
+        if spec.package == "fedvla_policy" and arg("controller_topic"):
+            params.append({"controller_topic": arg("controller_topic")})
+        actions.append(Node(package=spec.package, executable=spec.executable, name=spec.name,
+                            namespace=arg("namespace"), parameters=params, output="screen"))
+    return actions
+
+
+def generate_launch_description():
+    return LaunchDescription([
+        DeclareLaunchArgument("sim", default_value="false", description="start the MuJoCo Panda instead of a real arm"),
+        DeclareLaunchArgument("namespace", default_value="", description="robot namespace, e.g. robot1"),
+        DeclareLaunchArgument("robot_id", default_value="robot1", description="identity in the federation"),
+        DeclareLaunchArgument("checkpoint", default_value="", description="policy checkpoint (save_pretrained dir)"),
+        DeclareLaunchArgument("episode_dir", default_value="", description="where the fed client logs episodes"),
+        DeclareLaunchArgument("fed_client", default_value="true", description="also start the fed client node"),
+        DeclareLaunchArgument("controller_topic", default_value="",
+                              description="JointTrajectory topic of the arm's controller (empty: the YAML default)"),
+        OpaqueFunction(function=_nodes),
+    ])
