@@ -5,7 +5,7 @@
 # keeps a stamp (a hash of its inputs) under .venv/.stamps, so a second run with
 # nothing changed only checks stamps and finishes in seconds.
 #   1. Debian packages: cmake, a C/C++ compiler, the EGL/OSMesa libraries MuJoCo renders with.
-#   2. .venv (Python 3.11) with every pinned Python dependency (requirements*.txt + constraints.txt).
+#   2. .venv (Python 3.11) with every pinned Python dependency (requirements-*.txt + constraints.txt).
 #   3. The rosidl path fix: the ROS wheels were built under /opt/python/cp311-cp311 and bake
 #      that include path into their CMake exports; point them at this interpreter.
 #   4. src/fedvla_msgs built with ament_cmake + rosidl and installed into the venv prefix.
@@ -56,10 +56,10 @@ fi
 PIP=("$V/bin/python" -m pip --disable-pip-version-check -q)
 # The local package mirror warns about every name it does not hold; keep the log readable.
 quiet_pip() { "${PIP[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
-h=$(hash_of "$ROOT/requirements.txt" "$ROOT/requirements-nodeps.txt" "$ROOT/constraints.txt")
+h=$(hash_of "$ROOT"/requirements-*.txt "$ROOT/constraints.txt")
 if ! stamp_ok pip "$h"; then
   log "installing pinned Python packages (first run: a few minutes)"
-  quiet_pip install -r "$ROOT/requirements.txt" -c "$ROOT/constraints.txt"
+  quiet_pip install -r "$ROOT/requirements-ros.txt" -r "$ROOT/requirements-ml.txt" -c "$ROOT/constraints.txt"
   quiet_pip install --no-deps -r "$ROOT/requirements-nodeps.txt"
   stamp_set pip "$h"
 fi
