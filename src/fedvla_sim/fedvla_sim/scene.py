@@ -24,7 +24,7 @@ FINGER_MAX = 0.04  # metres of travel per finger (fully open)
 VELOCITY_LIMITS = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61, 0.2])
 ACCELERATION_LIMITS = np.array([15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0, 1.0])
 # A comfortable home pose, gripper pointing down; also the IK seed (a bad seed sticks at joint 5's limit).
-ARM_HOME = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 1.9, 0.785398])
+ARM_HOME = np.array([0.0, -0.2656, 0.0, -2.4239, 0.0, 0.5883, 0.0])
 OBJECTS = ("red_block", "green_block", "blue_block", "bowl")
 BLOCK_HALF = 0.02
 TABLE_TOP_Z = 0.0
@@ -74,9 +74,11 @@ def _robot_xml(assets: Path, arm_damping: float, forearm_damping: float) -> tupl
     chain = chain.replace("robot:panda0_", "panda_")
     chain = re.sub(r'<body name="(panda0_[a-z0-9]+)"', r'<body name="\1" gravcomp="1"', chain)
     # Wrist camera behind the hand, looking down the gripper; grasp site between the finger pads.
+    wrist_pos = (0.055, -0.055, 0.11)
+    wrist_xyaxes = _lookat_xyaxes(wrist_pos, (0.0, 0.0, 0.32), up=(0.707, -0.707, 0.0))
     hand_extras = (
-        '<site name="grasp" pos="0 0 0.2154" size="0.005" rgba="1 0 0 0" group="4"/>'
-        '<camera name="wrist" pos="0.0 -0.09 0.1" quat="0 0.2588 0.9659 0" fovy="75"/>'
+        '<site name="grasp" pos="0 0 0.235" quat="0.92388 0 0 -0.382683" size="0.005" rgba="1 0 0 0" group="4"/>'
+        f'<camera name="wrist" pos="{wrist_pos[0]} {wrist_pos[1]} {wrist_pos[2]}" xyaxes="{wrist_xyaxes}" fovy="80"/>'
     )
     chain = chain.replace("<site name='end_effector'", hand_extras + "<site name='end_effector'", 1)
 
@@ -84,11 +86,11 @@ def _robot_xml(assets: Path, arm_damping: float, forearm_damping: float) -> tupl
     return asset_xml, chain, actuator
 
 
-def _lookat_xyaxes(pos: np.ndarray, target: np.ndarray) -> str:
-    """MJCF `xyaxes` for a camera at `pos` looking at `target` with world z up in the image."""
-    forward = target - pos
+def _lookat_xyaxes(pos, target, up=(0.0, 0.0, 1.0)) -> str:
+    """MJCF `xyaxes` for a camera at `pos` looking at `target`, `up` pointing up in the image."""
+    forward = np.asarray(target, float) - np.asarray(pos, float)
     forward = forward / np.linalg.norm(forward)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right = np.cross(forward, up)
     right = right / np.linalg.norm(right)
     up = np.cross(right, forward)
     return " ".join(f"{v:.5f}" for v in (*right, *up))
@@ -117,12 +119,17 @@ def _bowl_xml() -> str:
     return f'<body name="bowl" pos="0.5 0.2 0"><freejoint name="bowl_joint"/>{"".join(geoms)}</body>'
 
 
-def build_scene_xml(arm_damping: float = 5.0, forearm_damping: float = 2.0) -> str:
-    """The full MJCF of the tabletop scene as a string (meshes referenced by absolute path)."""
+def build_scene_xml(arm_damping: float = 5.0, forearm_damping: float = 2.0, with_objects: bool = True) -> str:
+    """The full MJCF of the tabletop scene as a string (meshes referenced by absolute path).
+
+    `with_objects=False` gives the robot and table only: the model the IK solver works on, so
+    that its configuration is exactly the robot's joints.
+    """
     assets = franka_assets_dir()
     asset_xml, chain, actuator = _robot_xml(assets, arm_damping, forearm_damping)
-    agent_pos = np.array([1.35, 0.0, 0.75])
-    agent_xyaxes = _lookat_xyaxes(agent_pos, np.array([0.45, 0.0, 0.05]))
+    agent_pos = np.array([1.05, 0.0, 0.55])
+    agent_xyaxes = _lookat_xyaxes(agent_pos, np.array([0.45, 0.0, 0.08]))
+    objects = "".join(_block_xml(n) for n in OBJECTS if n != "bowl") + _bowl_xml() if with_objects else ""
     return f"""<mujoco model="fedvla_panda_tabletop">
   <compiler angle="radian" autolimits="true"/>
   <option timestep="0.002" integrator="implicitfast" cone="elliptic" impratio="5"/>
@@ -140,20 +147,17 @@ def build_scene_xml(arm_damping: float = 5.0, forearm_damping: float = 2.0) -> s
     <light name="top" pos="0.4 0 1.5" dir="0 0 -1" directional="true" castshadow="false" diffuse="0.5 0.5 0.5"/>
     <geom name="floor" type="plane" size="3 3 0.1" pos="0 0 -0.75" material="floor_mat"/>
     <geom name="table" type="box" size="0.5 0.6 0.02" pos="0.45 0 -0.02" material="table_mat" friction="1 0.01 0.001"/>
-    <camera name="agentview" pos="{agent_pos[0]} {agent_pos[1]} {agent_pos[2]}" xyaxes="{agent_xyaxes}" fovy="50"/>
+    <camera name="agentview" pos="{agent_pos[0]} {agent_pos[1]} {agent_pos[2]}" xyaxes="{agent_xyaxes}" fovy="55"/>
     {chain}
-    {_block_xml("red_block")}
-    {_block_xml("green_block")}
-    {_block_xml("blue_block")}
-    {_bowl_xml()}
+    {objects}
   </worldbody>
   {actuator}
 </mujoco>
 """
 
 
-def load_model():
+def load_model(with_objects: bool = True):
     """Compile the scene into a `mujoco.MjModel`."""
     import mujoco
 
-    return mujoco.MjModel.from_xml_string(build_scene_xml())
+    return mujoco.MjModel.from_xml_string(build_scene_xml(with_objects=with_objects))

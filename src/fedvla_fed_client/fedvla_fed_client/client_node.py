@@ -1,0 +1,304 @@
+"""The fed client node: one per robot, beside the policy server.
+
+* Logs every ExecuteInstruction goal as an episode (it watches the action's feedback and status
+  topics, the cameras, the joint states and the controller's JointTrajectory).
+* Demonstration mode: `~/record_demonstration` (RunExpert) records the sim's scripted expert;
+  a teleoperator starts/stops a recording on `~/demonstration/start` (String: instruction) and
+  `~/demonstration/stop` (Bool: success).
+* Schedules rounds (interval, new episodes, only while idle) through the round gate that its
+  Flower ClientApp waits on, supervises the robot's Flower SuperNode, publishes RoundStatus,
+  and after each round asks the policy server to load the new checkpoint.
+A thin shell: recording, scheduling and the gate live in ROS-free modules.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import rclpy
+from action_msgs.msg import GoalStatus, GoalStatusArray
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_action_status_default, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, String
+from trajectory_msgs.msg import JointTrajectory
+
+from fedvla_fed_client.episode_recorder import GoalEpisodeRecorder, TrajectoryTracker
+from fedvla_fed_client.episodes import list_episodes
+from fedvla_fed_client.round_gate import read_report, write_gate
+from fedvla_fed_client.round_scheduler import RoundScheduler, ScheduleConfig
+from fedvla_msgs.action import ExecuteInstruction
+from fedvla_msgs.msg import MetricValue, RoundStatus
+from fedvla_msgs.srv import LoadCheckpoint, RunExpert, TriggerRound
+from fedvla_policy.image_conversion import image_to_numpy, to_rgb
+
+TERMINAL = {GoalStatus.STATUS_SUCCEEDED: "succeeded", GoalStatus.STATUS_CANCELED: "canceled",
+            GoalStatus.STATUS_ABORTED: "aborted"}
+
+_LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+PARAMETERS = {
+    "robot_id": "robot1", "episode_dir": "", "camera_names": ["agentview", "wrist"],
+    "camera_topic_format": "camera/{name}/image_raw", "joint_states_topic": "joint_states",
+    "controller_topic": "arm_controller/joint_trajectory", "action_name": "execute_instruction",
+    "record_rate_hz": 10.0, "retention_max_bytes": 2_000_000_000, "retention_max_episodes": 1000,
+    "round_interval_s": 300.0, "min_new_episodes": 5, "only_while_idle": True, "status_rate_hz": 1.0,
+    "sim_run_expert_service": "run_expert", "task_instruction_topic": "instruction", "load_checkpoint_service": "load_checkpoint",
+    "supernode_enabled": True, "superlink_address": "127.0.0.1:9092", "supernode_port": 0,
+    "root_certificates": "", "auth_private_key": "", "insecure": False,
+}
+
+
+class FedClientNode(Node):
+    def __init__(self):
+        super().__init__("fed_client")
+        for name, default in PARAMETERS.items():
+            self.declare_parameter(name, default)
+        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self.p = p
+        self.robot_id = p["robot_id"]
+        self.episode_dir = Path(p["episode_dir"] or f"runs/episodes/{self.robot_id}").expanduser().resolve()
+        self.episode_dir.mkdir(parents=True, exist_ok=True)
+        self.cameras = list(p["camera_names"])
+        self.recorder = GoalEpisodeRecorder(self.episode_dir, self.cameras, self.robot_id,
+                                            max_bytes=int(p["retention_max_bytes"]),
+                                            max_episodes=int(p["retention_max_episodes"]))
+        self.scheduler = RoundScheduler(ScheduleConfig(float(p["round_interval_s"]), int(p["min_new_episodes"]),
+                                                       bool(p["only_while_idle"])), now=time.time())
+        self.tracker = TrajectoryTracker()
+        self._lock = threading.Lock()
+        self._images: dict[str, object] = {}
+        self._joints: dict[str, float] = {}
+        self._new_trajectory = False
+        self._goal_id: bytes | None = None
+        self._round_mark = time.time()  # episodes finished after this count as new
+        self._last_report_time = 0.0
+        self._round = 0
+        self._state, self._message = "idle", ""
+        self._last_report = None
+        self._sim_instruction = ""
+
+        sensors = MutuallyExclusiveCallbackGroup()
+        for cam in self.cameras:
+            self.create_subscription(Image, p["camera_topic_format"].format(name=cam),
+                                     lambda msg, cam=cam: self._on_image(cam, msg), qos_profile_sensor_data,
+                                     callback_group=sensors)
+        self.create_subscription(JointState, p["joint_states_topic"], self._on_joints, 10, callback_group=sensors)
+        self.create_subscription(JointTrajectory, p["controller_topic"], self._on_trajectory, 10, callback_group=sensors)
+        action = p["action_name"]
+        self.create_subscription(ExecuteInstruction.Impl.FeedbackMessage, f"{action}/_action/feedback",
+                                 self._on_feedback, 10)
+        self.create_subscription(GoalStatusArray, f"{action}/_action/status", self._on_status,
+                                 qos_profile_action_status_default)
+        self._get_result = self.create_client(ExecuteInstruction.Impl.GetResultService, f"{action}/_action/get_result")
+        self.create_subscription(String, p["task_instruction_topic"], self._on_task_instruction, _LATCHED)
+        self.create_subscription(String, "~/demonstration/start", self._on_teleop_start, 10)
+        self.create_subscription(Bool, "~/demonstration/stop", self._on_teleop_stop, 10)
+
+        services = ReentrantCallbackGroup()
+        self._run_expert = self.create_client(RunExpert, p["sim_run_expert_service"], callback_group=services)
+        self._load_checkpoint = self.create_client(LoadCheckpoint, p["load_checkpoint_service"], callback_group=services)
+        self.create_service(RunExpert, "~/record_demonstration", self._record_demonstration, callback_group=services)
+        self.create_service(TriggerRound, "~/trigger_round", self._trigger_round, callback_group=services)
+        self.status_pub = self.create_publisher(RoundStatus, "round_status", 10)
+
+        self.create_timer(1.0 / float(p["record_rate_hz"]), self._record_tick, callback_group=sensors)
+        self.create_timer(1.0 / float(p["status_rate_hz"]), self._schedule_tick)
+        self.supervisor = self._start_supernode() if p["supernode_enabled"] else None
+        self.get_logger().info(f"logging episodes of {self.robot_id} to {self.episode_dir}")
+
+    # ---- sensors -------------------------------------------------------------------------------
+    def _on_image(self, cam: str, msg: Image) -> None:
+        frame = to_rgb(image_to_numpy(msg), msg.encoding)
+        with self._lock:
+            self._images[cam] = frame
+
+    def _on_joints(self, msg: JointState) -> None:
+        with self._lock:
+            self._joints.update(zip(msg.name, msg.position))
+
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        times = [pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9 for pt in msg.points]
+        with self._lock:
+            self.tracker.set(msg.joint_names, times, [list(pt.positions) for pt in msg.points],
+                             time.monotonic(), dict(self._joints))
+            self._new_trajectory = True
+
+    def _record_tick(self) -> None:
+        with self._lock:
+            if not self.recorder.active or len(self._images) < len(self.cameras) or not self._joints:
+                return
+            images, joints = dict(self._images), dict(self._joints)
+            commanded = self.tracker.target(time.monotonic() + 1.0 / float(self.p["record_rate_hz"]), joints)
+            trajectory = self.tracker.last_trajectory if self._new_trajectory else None
+            self._new_trajectory = False
+            try:
+                self.recorder.step(time.time_ns(), images, joints, commanded, trajectory)
+            except (KeyError, ValueError) as err:
+                self.get_logger().warning(f"episode step skipped: {err}")
+
+    # ---- goals as episodes -------------------------------------------------------------------------
+    def _on_feedback(self, msg) -> None:
+        gid = bytes(msg.goal_id.uuid)
+        if gid == self._goal_id:
+            return
+        fb = msg.feedback
+        with self._lock:
+            self._goal_id = gid
+            self.recorder.start(fb.episode_id or None, fb.instruction, source="policy")
+        self.get_logger().info(f"recording goal '{fb.instruction}' as episode {fb.episode_id}")
+
+    def _on_status(self, msg: GoalStatusArray) -> None:
+        for status in msg.status_list:
+            if bytes(status.goal_info.goal_id.uuid) == self._goal_id and status.status in TERMINAL:
+                goal_id, self._goal_id = status.goal_info.goal_id, None
+                request = ExecuteInstruction.Impl.GetResultService.Request(goal_id=goal_id)
+                future = self._get_result.call_async(request)
+                future.add_done_callback(lambda f, s=status.status: self._finish_goal(f, s))
+
+    def _finish_goal(self, future, status: int) -> None:
+        result = future.result().result if future.result() is not None else None
+        success = bool(result and result.success and status == GoalStatus.STATUS_SUCCEEDED)
+        reason = result.reason if result else TERMINAL[status]
+        with self._lock:
+            path = self.recorder.finish(success, reason)
+        self.get_logger().info(f"episode {path.name if path else '(empty, discarded)'}: success={success} ({reason})")
+
+    # ---- demonstrations --------------------------------------------------------------------------------
+    def _record_demonstration(self, request, response):
+        if self.recorder.active:
+            response.success, response.message = False, "busy: an episode is being recorded"
+            return response
+        if not self._run_expert.wait_for_service(timeout_sec=5.0):
+            response.success, response.message = False, f"no {self.p['sim_run_expert_service']} service"
+            return response
+        with self._lock:
+            self.recorder.start(None, self._task_instruction(), source="scripted_expert")
+        done = threading.Event()
+        future = self._run_expert.call_async(request)
+        future.add_done_callback(lambda _: done.set())
+        done.wait()
+        expert = future.result()
+        time.sleep(2.0 / float(self.p["record_rate_hz"]))  # let the last commanded positions be recorded
+        with self._lock:
+            path = self.recorder.finish(expert.success, expert.message or "demonstration")
+        response.success, response.steps = expert.success, expert.steps
+        response.message = f"recorded {path.name if path else 'nothing'}: {expert.message}"
+        return response
+
+    def _on_task_instruction(self, msg: String) -> None:
+        self._sim_instruction = msg.data
+
+    def _task_instruction(self) -> str:
+        return self._sim_instruction
+
+    def _on_teleop_start(self, msg: String) -> None:
+        with self._lock:
+            self.recorder.start(None, msg.data, source="teleoperation")
+
+    def _on_teleop_stop(self, msg: Bool) -> None:
+        with self._lock:
+            self.recorder.finish(bool(msg.data), "teleoperation")
+
+    # ---- rounds ---------------------------------------------------------------------------------------
+    def _new_episodes(self) -> int:
+        return sum(1 for path in list_episodes(self.episode_dir) if path.stat().st_mtime > self._round_mark)
+
+    def _trigger_round(self, request, response):
+        if request.ignore_min_episodes or self._new_episodes() >= self.scheduler.config.min_new_episodes:
+            self.scheduler.force()
+            response.accepted, response.round = True, self._round + 1
+            response.message = "the gate opens at the next check (while the robot is idle)"
+        else:
+            response.accepted, response.message = False, "not enough new episodes (set ignore_min_episodes)"
+        return response
+
+    def _schedule_tick(self) -> None:
+        now = time.time()
+        report = read_report(self.episode_dir)
+        if report is not None and report.finished > self._last_report_time:
+            self._last_report_time = report.finished
+            self._on_round_report(report)
+        if self.supervisor is not None:
+            self.supervisor.poll()
+        new = self._new_episodes()
+        open_, reason = self.scheduler.decide(now, new, robot_busy=self.recorder.active)
+        write_gate(self.episode_dir, open_, reason)
+        if self._state not in ("done", "failed") or open_:
+            self._state = "ready" if open_ else reason.split(":")[0]
+        self._message = reason
+        self._publish_status(new)
+
+    def _on_round_report(self, report) -> None:
+        self._round = report.server_round
+        self._state, self._message = report.state, report.message
+        self._last_report = report
+        self._round_mark = report.finished
+        self.scheduler.round_finished(time.time())
+        if report.state == "done" and report.checkpoint:
+            self._request_checkpoint_load(report.checkpoint)
+
+    def _request_checkpoint_load(self, path: str) -> None:
+        if not self._load_checkpoint.service_is_ready():
+            self.get_logger().warning(f"policy server's load_checkpoint not available; {path} not loaded")
+            return
+        future = self._load_checkpoint.call_async(LoadCheckpoint.Request(path=path))
+        future.add_done_callback(lambda f: self.get_logger().info(
+            f"load_checkpoint {path}: {f.result().success} {f.result().message}" if f.result() else "load failed"))
+
+    def _publish_status(self, new_episodes: int) -> None:
+        r = self._last_report
+        msg = RoundStatus(robot_id=self.robot_id, round=int(self._round), state=self._state,
+                          new_episodes=int(new_episodes), message=self._message)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        if r is not None:
+            msg.bytes_up, msg.bytes_down = int(r.bytes_up), int(r.bytes_down)
+            msg.participants = int(r.metrics.get("participants", 0))
+            msg.metrics = [MetricValue(name=k, value=float(v)) for k, v in r.metrics.items()]
+        self.status_pub.publish(msg)
+
+    # ---- Flower SuperNode -------------------------------------------------------------------------------
+    def _start_supernode(self):
+        from fedvla_fed_client.supernode import SuperNodeSupervisor
+
+        p = self.p
+        if not p["insecure"] and not (p["root_certificates"] and p["auth_private_key"]):
+            raise ValueError("supernode: set root_certificates and auth_private_key (TLS + node authentication), "
+                             "or insecure:=true explicitly")
+        supervisor = SuperNodeSupervisor(
+            superlink=p["superlink_address"], node_config={"robot-id": self.robot_id,
+                                                           "episode-dir": str(self.episode_dir)},
+            root_certificates=p["root_certificates"] or None, auth_private_key=p["auth_private_key"] or None,
+            insecure=bool(p["insecure"]), port=int(p["supernode_port"]) or None,
+            log_path=self.episode_dir / "supernode.log")
+        supervisor.start()
+        return supervisor
+
+    def destroy_node(self):
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        self.recorder.abort()
+        super().destroy_node()
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = FedClientNode()
+    executor = MultiThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

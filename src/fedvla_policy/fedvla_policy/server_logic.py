@@ -1,0 +1,240 @@
+"""The policy server's decisions, without ROS: goal validation, input freshness, observations.
+
+server_node.py is a thin shell that feeds ROS messages into these functions and classes and
+turns their answers into ROS messages; everything here is unit-tested without a ROS graph.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from fedvla_policy.motion import PANDA_ARM_JOINTS, PANDA_FINGER_MAX_M, PANDA_GRIPPER_JOINT
+
+
+@dataclass
+class ServerConfig:
+    """Every ROS parameter of the policy server (defaults mirrored in config/policy_server.yaml)."""
+
+    checkpoint: str = field(default="", metadata={"help": "save_pretrained directory loaded at start ('' = none yet)."})
+    device: str = field(default="cpu", metadata={"help": "torch device for the policy (cpu, cuda, cuda:0, ...)."})
+    action_name: str = field(default="execute_instruction", metadata={"help": "Name of the ExecuteInstruction action."})
+    camera_names: list[str] = field(default_factory=list, metadata={
+        "help": "Cameras to feed the policy; empty = the model config's camera_names."})
+    camera_topic_template: str = field(default="camera/{name}/image_raw", metadata={
+        "help": "Image topic of each camera; {name} is replaced by the camera name."})
+    joint_states_topic: str = field(default="joint_states", metadata={"help": "sensor_msgs/JointState input."})
+    task_success_topic: str = field(default="task_success", metadata={"help": "std_msgs/Bool: true ends a goal as a success."})
+    instruction_goal_topic: str = field(default="instruction_goal", metadata={
+        "help": "std_msgs/String: each message starts a goal as if an action client had sent it."})
+    controller_topic: str = field(default="arm_controller/joint_trajectory", metadata={
+        "help": "trajectory_msgs/JointTrajectory topic of the arm's controller."})
+    controller_action: str = field(default="arm_controller/follow_joint_trajectory", metadata={
+        "help": "FollowJointTrajectory action of the controller (used only when control_msgs imports)."})
+    use_follow_joint_trajectory: bool = field(default=False, metadata={
+        "help": "Send trajectories through the FollowJointTrajectory action instead of the topic "
+                "(ignored when control_msgs is not installed)."})
+    expert_usage_topic: str = field(default="expert_usage", metadata={"help": "fedvla_msgs/ExpertUsage output."})
+    arm_joint_names: list[str] = field(default_factory=lambda: list(PANDA_ARM_JOINTS), metadata={
+        "help": "Arm joints, in the order of the policy's action vector."})
+    gripper_joint: str = field(default=PANDA_GRIPPER_JOINT, metadata={
+        "help": "Gripper joint commanded by the last action entry ('' = no gripper)."})
+    gripper_max: float = field(default=PANDA_FINGER_MAX_M, metadata={
+        "help": "Joint position of the open gripper; action 1.0 maps to it, 0.0 to closed."})
+    action_space: str = field(default="joint", metadata={"help": "'joint' (absolute joint targets) or 'ee' (IK)."})
+    control_rate_hz: float = field(default=10.0, metadata={"help": "Policy steps per second."})
+    max_frame_skew_s: float = field(default=0.25, metadata={
+        "help": "Newest and oldest camera frame of one step may be at most this far apart."})
+    stale_input_timeout_s: float = field(default=1.0, metadata={
+        "help": "Abort a goal when a camera or the joint states have not arrived for this long."})
+    startup_input_timeout_s: float = field(default=2.0, metadata={
+        "help": "How long a new goal may wait for a fresh, consistent set of inputs before aborting."})
+    max_instruction_length: int = field(default=256, metadata={"help": "Longest accepted instruction (characters)."})
+    default_max_steps: int = field(default=200, metadata={"help": "Step limit of a goal that sets max_steps = 0."})
+    default_time_limit_s: float = field(default=60.0, metadata={"help": "Time limit of a goal that sets time_limit_s = 0."})
+    on_new_goal: str = field(default="preempt", metadata={
+        "help": "What a new goal does while one is running: 'preempt' it or be 'reject'ed."})
+    hold_duration_s: float = field(default=0.2, metadata={"help": "Length of the hold trajectory sent on cancel/abort."})
+    velocity_scale: float = field(default=0.5, metadata={"help": "Fraction of the joint velocity limits used."})
+    acceleration_scale: float = field(default=0.5, metadata={"help": "Fraction of the joint acceleration limits used."})
+    reject_margin: float = field(default=0.3, metadata={
+        "help": "Targets further than this (rad) outside a joint range reject the chunk; closer ones are clipped."})
+    sample_dt: float = field(default=0.05, metadata={"help": "Spacing (s) of the trajectory points."})
+    execute_horizon: int = field(default=0, metadata={
+        "help": "Chunk actions turned into each trajectory (0 = the whole chunk)."})
+    episode_id_prefix: str = field(default="", metadata={"help": "Prefix of episode ids (e.g. the robot id)."})
+
+    def __post_init__(self):
+        if self.control_rate_hz <= 0:
+            raise ValueError(f"control_rate_hz must be > 0, got {self.control_rate_hz}")
+        for name in ("max_frame_skew_s", "stale_input_timeout_s", "startup_input_timeout_s",
+                     "default_time_limit_s", "hold_duration_s", "sample_dt", "gripper_max"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_instruction_length < 1:
+            raise ValueError(f"max_instruction_length must be >= 1, got {self.max_instruction_length}")
+        if self.default_max_steps < 1:
+            raise ValueError(f"default_max_steps must be >= 1, got {self.default_max_steps}")
+        if self.on_new_goal not in ("preempt", "reject"):
+            raise ValueError(f"on_new_goal must be 'preempt' or 'reject', got {self.on_new_goal!r}")
+        if self.action_space not in ("joint", "ee"):
+            raise ValueError(f"action_space must be 'joint' or 'ee', got {self.action_space!r}")
+        if "{name}" not in self.camera_topic_template:
+            raise ValueError("camera_topic_template must contain '{name}'")
+        if not self.arm_joint_names:
+            raise ValueError("arm_joint_names must not be empty")
+        if self.execute_horizon < 0:
+            raise ValueError(f"execute_horizon must be >= 0, got {self.execute_horizon}")
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+# ----------------------------------------------------------------------------- goal acceptance
+
+def instruction_problem(instruction: str, max_length: int) -> str | None:
+    """Why an instruction is unusable, or None when it is fine."""
+    if not instruction or not instruction.strip():
+        return "instruction is empty" if not instruction else "instruction is only whitespace"
+    if len(instruction) > max_length:
+        return f"instruction is too long ({len(instruction)} > {max_length} characters)"
+    if not instruction.isprintable():
+        bad = next(c for c in instruction if not c.isprintable())
+        return f"instruction contains a non-printable character ({bad!r})"
+    return None
+
+
+def goal_rejection_reason(instruction: str, *, max_length: int, model_loaded: bool,
+                          missing_cameras: list[str], have_joint_state: bool,
+                          goal_running: bool, on_new_goal: str) -> str | None:
+    """The reason a new goal must be rejected, or None to accept it. Checks in a fixed order."""
+    problem = instruction_problem(instruction, max_length)
+    if problem:
+        return problem
+    if not model_loaded:
+        return "no checkpoint loaded (set the 'checkpoint' parameter or call load_checkpoint)"
+    if missing_cameras:
+        return "no camera frame received yet from: " + ", ".join(missing_cameras)
+    if not have_joint_state:
+        return "no joint state received yet"
+    if goal_running and on_new_goal == "reject":
+        return "another goal is running (on_new_goal = reject)"
+    return None
+
+
+# ----------------------------------------------------------------------------- latest inputs
+
+@dataclass
+class Frame:
+    image: np.ndarray  # HxWx3 RGB uint8
+    stamp: float  # header stamp in seconds (0 when the publisher left it unset)
+    received: float  # time.monotonic() at arrival
+
+
+@dataclass
+class JointSample:
+    positions: dict[str, float]
+    velocities: dict[str, float]
+    received: float
+
+
+@dataclass
+class Snapshot:
+    """One consistent set of inputs for a policy step."""
+
+    images: dict[str, np.ndarray]
+    joint: JointSample
+    newest_frame_received: float
+
+
+class LatestInputs:
+    """Thread-safe store of the newest camera frames and joint state (written by subscriptions)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._frames: dict[str, Frame] = {}
+        self._joint: JointSample | None = None
+
+    def put_frame(self, camera: str, frame: Frame) -> None:
+        with self._lock:
+            self._frames[camera] = frame
+
+    def put_joint(self, sample: JointSample) -> None:
+        with self._lock:
+            self._joint = sample
+
+    def missing_cameras(self, cameras: list[str]) -> list[str]:
+        with self._lock:
+            return [c for c in cameras if c not in self._frames]
+
+    def has_joint_state(self) -> bool:
+        with self._lock:
+            return self._joint is not None
+
+    def joint(self) -> JointSample | None:
+        with self._lock:
+            return self._joint
+
+    def stale_reason(self, cameras: list[str], now: float, timeout: float) -> str | None:
+        """Which input went quiet for longer than ``timeout`` (a camera, or the joint states)."""
+        with self._lock:
+            for cam in cameras:
+                frame = self._frames.get(cam)
+                if frame is None:
+                    return f"stale_input: no frame from camera '{cam}'"
+                if now - frame.received > timeout:
+                    return (f"stale_input: camera '{cam}' has not published for "
+                            f"{now - frame.received:.2f} s (timeout {timeout:.2f} s)")
+            if self._joint is None:
+                return "stale_input: no joint state"
+            if now - self._joint.received > timeout:
+                return (f"stale_input: joint states have not arrived for "
+                        f"{now - self._joint.received:.2f} s (timeout {timeout:.2f} s)")
+        return None
+
+    def snapshot(self, cameras: list[str], max_skew: float, after: float = -np.inf) -> Snapshot | None:
+        """Latest frames + joint state, or None when a frame is missing, the set is inconsistent
+        (frames further apart than ``max_skew``) or nothing new arrived since ``after``."""
+        with self._lock:
+            frames = [self._frames.get(c) for c in cameras]
+            joint = self._joint
+        if joint is None or any(f is None for f in frames):
+            return None
+        stamps = [f.stamp if all(g.stamp > 0 for g in frames) else f.received for f in frames]
+        if max(stamps) - min(stamps) > max_skew:
+            return None
+        newest = max(f.received for f in frames)
+        if newest <= after:
+            return None
+        return Snapshot({c: f.image for c, f in zip(cameras, frames)}, joint, newest)
+
+
+def proprio_vector(joint: JointSample, arm_joints: list[str], gripper_joint: str) -> np.ndarray:
+    """Proprioception as the episodes log it: joint positions in order, the gripper joint last."""
+    names = list(arm_joints) + ([gripper_joint] if gripper_joint else [])
+    missing = [n for n in names if n not in joint.positions]
+    if missing:
+        raise KeyError("joint state lacks " + ", ".join(missing))
+    return np.array([joint.positions[n] for n in names], dtype=np.float32)
+
+
+def current_positions(joint: JointSample, arm_joints: list[str], gripper_joint: str) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, velocities) of the commanded joints, gripper last (0 velocity when not reported)."""
+    names = list(arm_joints) + ([gripper_joint] if gripper_joint else [])
+    pos = np.array([joint.positions[n] for n in names], dtype=float)
+    vel = np.array([joint.velocities.get(n, 0.0) for n in names], dtype=float)
+    return pos, vel
+
+
+def step_budget(goal_max_steps: int, goal_time_limit: float, default_steps: int, default_time: float) -> tuple[int, float]:
+    """Effective step and time limits of a goal (0 in the goal means: the server default)."""
+    steps = int(goal_max_steps) if goal_max_steps > 0 else int(default_steps)
+    seconds = float(goal_time_limit) if goal_time_limit > 0 else float(default_time)
+    return steps, seconds
+
+
+def progress(step: int, max_steps: int, elapsed: float, time_limit: float) -> float:
+    """Fraction of the goal's budget used: the larger of the step and time fractions, in [0, 1]."""
+    return float(min(1.0, max(step / max(max_steps, 1), elapsed / max(time_limit, 1e-9))))

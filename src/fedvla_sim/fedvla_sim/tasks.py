@@ -1,0 +1,153 @@
+"""Language-conditioned tabletop tasks: instructions, seeded initial layouts and success checks.
+
+Every task uses the same scene (red, green and blue blocks and a bowl), so only the
+instruction tells the policy what to do. A task is data plus two pure functions of object
+poses, so it can be checked without a renderer or ROS. "Left" means the left of the table as
+seen from the front camera (`agentview`), which is the world's -y side.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from fedvla_sim.scene import BLOCK_HALF, OBJECTS
+
+# Where objects may start (x forward from the robot base, y to the robot's left).
+WORKSPACE_X = (0.38, 0.62)
+WORKSPACE_Y = (-0.2, 0.2)
+BOWL_INNER_HALF = 0.06
+BOWL_CLEARANCE = 0.14  # block-to-bowl-centre distance at the start
+BLOCK_CLEARANCE = 0.08  # block-to-block distance at the start
+LEFT_EDGE_Y = -0.22  # a pushed block counts as "at the left edge" past this y
+LIFT_HEIGHT = 0.1  # a block counts as "picked up" when its centre is this high
+
+Poses = dict[str, np.ndarray]  # object name -> (x, y, z, qw, qx, qy, qz)
+
+
+def in_bowl(poses: Poses, block: str) -> bool:
+    """The block rests inside the bowl's footprint, low enough to be in it rather than above it."""
+    rel = poses[block][:2] - poses["bowl"][:2]
+    return bool(np.all(np.abs(rel) < BOWL_INNER_HALF) and poses[block][2] < poses["bowl"][2] + 0.06)
+
+
+def on_top_of(poses: Poses, top: str, bottom: str) -> bool:
+    """`top` rests on `bottom`: centred within 2.5 cm and one block height above it, `bottom` on the table."""
+    rel = poses[top][:3] - poses[bottom][:3]
+    return bool(np.linalg.norm(rel[:2]) < 0.025 and abs(rel[2] - 2 * BLOCK_HALF) < 0.012
+                and poses[bottom][2] < BLOCK_HALF + 0.01)
+
+
+def lifted(poses: Poses, block: str) -> bool:
+    return bool(poses[block][2] > LIFT_HEIGHT)
+
+
+def at_left_edge(poses: Poses, block: str) -> bool:
+    return bool(poses[block][1] < LEFT_EDGE_Y and poses[block][2] < BLOCK_HALF + 0.01)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One language-conditioned task."""
+
+    name: str = field(metadata={"help": "Registry key, e.g. 'put_red_block_in_bowl'."})
+    phrasings: tuple[str, ...] = field(metadata={"help": "Ways to say the instruction; one is drawn per episode."})
+    success_fn: Callable[[Poses], bool] = field(metadata={"help": "Success check on object poses."})
+    kind: str = field(default="pick_place", metadata={"help": "Expert recipe: pick_up | pick_place | stack | push | pick_place_two."})
+    objects: tuple[str, ...] = field(default=(), metadata={"help": "Objects the expert manipulates, in order."})
+    max_steps: int = field(default=120, metadata={"help": "Control steps (10 Hz) the expert and a policy get."})
+
+    def __post_init__(self):
+        if not self.phrasings:
+            raise ValueError(f"Task.phrasings: task {self.name!r} needs at least one phrasing")
+        for obj in self.objects:
+            if obj not in OBJECTS:
+                raise ValueError(f"Task.objects: unknown object {obj!r} in task {self.name!r}")
+        if self.max_steps <= 0:
+            raise ValueError("Task.max_steps must be positive")
+
+    def success(self, poses: Poses) -> bool:
+        return self.success_fn(poses)
+
+    def sample_layout(self, rng: np.random.Generator) -> dict[str, tuple[float, float, float]]:
+        """(x, y, yaw) of every object, drawn from `rng` (deterministic for a seeded generator)."""
+        for _ in range(1000):
+            layout = self._draw(rng)
+            if self._valid(layout):
+                return layout
+        raise RuntimeError(f"could not sample a layout for task {self.name!r}")
+
+    def _draw(self, rng: np.random.Generator) -> dict[str, tuple[float, float, float]]:
+        layout = {}
+        for name in OBJECTS:
+            x = rng.uniform(*WORKSPACE_X)
+            y = rng.uniform(*WORKSPACE_Y)
+            yaw = 0.0 if name == "bowl" else rng.uniform(-np.pi / 4, np.pi / 4)
+            layout[name] = (float(x), float(y), float(yaw))
+        return layout
+
+    def _valid(self, layout) -> bool:
+        blocks = [n for n in OBJECTS if n != "bowl"]
+        bowl = np.array(layout["bowl"][:2])
+        for i, a in enumerate(blocks):
+            pa = np.array(layout[a][:2])
+            if np.linalg.norm(pa - bowl) < BOWL_CLEARANCE:
+                return False
+            for b in blocks[i + 1:]:
+                if np.linalg.norm(pa - np.array(layout[b][:2])) < BLOCK_CLEARANCE:
+                    return False
+        if self.kind == "push":
+            # The pushed block starts right of the edge zone and nothing sits in its path to the left.
+            px, py, _ = layout[self.objects[0]]
+            if not (-0.08 < py < 0.15):
+                return False
+            for other in OBJECTS:
+                if other == self.objects[0]:
+                    continue
+                ox, oy, _ = layout[other]
+                reach = 0.1 if other == "bowl" else 0.06
+                if abs(ox - px) < reach and oy < py + 0.1:
+                    return False
+        return True
+
+
+def _put_in_bowl(color: str) -> Task:
+    block = f"{color}_block"
+    return Task(
+        name=f"put_{color}_block_in_bowl",
+        phrasings=(f"put the {color} block in the bowl", f"place the {color} cube into the bowl",
+                   f"drop the {color} block into the bowl", f"move the {color} block to the bowl"),
+        success_fn=lambda p: in_bowl(p, block), kind="pick_place", objects=(block, "bowl"), max_steps=100)
+
+
+TASKS: dict[str, Task] = {t.name: t for t in [
+    Task(name="pick_up_green_block",
+         phrasings=("pick up the green block", "lift the green cube", "grab the green block and lift it",
+                    "raise the green block off the table"),
+         success_fn=lambda p: lifted(p, "green_block"), kind="pick_up", objects=("green_block",), max_steps=70),
+    _put_in_bowl("red"),
+    _put_in_bowl("blue"),
+    Task(name="stack_red_on_green",
+         phrasings=("stack the red block on the green block", "put the red cube on top of the green cube",
+                    "place the red block onto the green one", "stack red on green"),
+         success_fn=lambda p: on_top_of(p, "red_block", "green_block"), kind="stack",
+         objects=("red_block", "green_block"), max_steps=100),
+    Task(name="push_blue_block_left",
+         phrasings=("push the blue block to the left edge", "slide the blue cube to the left side of the table",
+                    "push the blue block left", "shove the blue block over to the left"),
+         success_fn=lambda p: at_left_edge(p, "blue_block"), kind="push", objects=("blue_block",), max_steps=90),
+    Task(name="put_red_and_green_in_bowl",
+         phrasings=("put the red and green blocks in the bowl", "place both the red and the green cube into the bowl",
+                    "put the red block and then the green block in the bowl"),
+         success_fn=lambda p: in_bowl(p, "red_block") and in_bowl(p, "green_block"), kind="pick_place_two",
+         objects=("red_block", "green_block", "bowl"), max_steps=190),
+]}
+
+
+def get_task(name: str) -> Task:
+    """The registered task called `name` (a clear error lists the known ones)."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
