@@ -1,0 +1,367 @@
+"""FedVLAPolicy: stem (local encoders + IOSP) -> shared MoE trunk -> local action head.
+
+Parameters live under three top-level names, which are also the federated split:
+  stem.*   vision, language projection, proprioception, IOSP   (stays on the robot)
+  trunk.*  transformer blocks with expert FFNs                  (aggregated: trunk.layers.{l}.ffn.experts.{e}.*)
+  head.*   action queries and the action projection             (stays on the robot)
+Normalization statistics are buffers under normalizer.* (saved, never aggregated). The frozen
+MiniLM is not a submodule: it is reloaded from its pip package, so checkpoints stay small.
+
+The head is ACT-style: H learned query tokens join the sequence and are read out as the action chunk.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+
+from .configuration import FedVLAConfig
+from .encoders import (FrozenSentenceEncoder, InstructionProjector, ProprioEncoder, VisionPatchEncoder,
+                       images_to_float)
+from .experts import AdaMoE, DGMoE, ExpertFFN, build_ffn
+from .scene_parsing import GROUPS, InstructionSceneParser, patch_ids_from_masks
+
+GROUP_NAMES = ("stem", "trunk", "head")
+_LAYER = re.compile(r"^trunk\.layers\.(\d+)\.")
+_EXPERT = re.compile(r"\.ffn\.experts\.(\d+)\.")
+
+
+def _ffn_for(config: FedVLAConfig, n_experts: int, expert_hidden: int) -> ExpertFFN:
+    return build_ffn(
+        config.ffn_kind, config.d_model, n_experts, expert_hidden,
+        dense_hidden=n_experts * expert_hidden if n_experts != config.n_experts else config.resolved_dense_hidden,
+        shared_hidden=config.resolved_shared_expert_hidden if n_experts == config.n_experts else expert_hidden,
+        top_k=min(config.top_k, n_experts), lam=config.dgmoe_lambda, residual_gate=config.dgmoe_residual_gate,
+        temperature=config.dgmoe_threshold_temperature, dropout=config.dropout)
+
+
+class Stem(nn.Module):
+    """Observation -> the token sequence the trunk reads (without the action queries)."""
+
+    def __init__(self, config: FedVLAConfig):
+        super().__init__()
+        d = config.d_model
+        self.vision = VisionPatchEncoder(d, config.patch_size, config.n_cameras, config.patches_per_camera)
+        self.language = InstructionProjector(config.language_dim, d)
+        self.proprio = ProprioEncoder(config.proprio_dim, d)
+        self.token_type = nn.Parameter(torch.zeros(2, d))  # instruction, proprioception
+        self.iosp = None
+        if config.use_iosp:
+            refiners = [_ffn_for(config, config.iosp_n_experts, config.iosp_expert_hidden) for _ in GROUPS]
+            self.iosp = InstructionSceneParser(d, config.iosp_topk, refiners)
+
+
+class TrunkBlock(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN x); x + FFN(LN x), the FFN being one of the expert kinds."""
+
+    def __init__(self, config: FedVLAConfig):
+        super().__init__()
+        d = config.d_model
+        self.n_heads = config.n_heads
+        self.dropout = config.dropout
+        self.attn_norm = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ffn_norm = nn.LayerNorm(d)
+        self.ffn = _ffn_for(config, config.n_experts, config.expert_hidden)
+
+    def forward(self, x: torch.Tensor, prior_logits: torch.Tensor | None):
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.attn_norm(x)).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.proj(att.transpose(1, 2).reshape(b, n, d))
+        out = self.ffn(self.ffn_norm(x), prior_logits)
+        return x + out.y, out.gate_logits, out.aux_loss
+
+
+class Trunk(nn.Module):
+    """The shared part: L blocks; each DGMoE gate gets the previous block's gate logits as its prior."""
+
+    def __init__(self, config: FedVLAConfig):
+        super().__init__()
+        self.layers = nn.ModuleList([TrunkBlock(config) for _ in range(config.n_layers)])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        prior, aux = None, []
+        for layer in self.layers:
+            x, prior, layer_aux = layer(x, prior)
+            aux.append(layer_aux)
+        return x, torch.stack(aux).mean()
+
+
+class ActionHead(nn.Module):
+    """H learned query tokens (in the sequence) and their read-out to normalized actions."""
+
+    def __init__(self, config: FedVLAConfig):
+        super().__init__()
+        self.queries = nn.Parameter(torch.zeros(config.chunk_size, config.d_model))
+        self.norm = nn.LayerNorm(config.d_model)
+        self.out = nn.Linear(config.d_model, config.action_dim)
+
+    def forward(self, query_states: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(query_states))
+
+
+class Normalizer(nn.Module):
+    """Mean/std of actions and proprioception as persistent buffers, so checkpoints carry them."""
+
+    def __init__(self, config: FedVLAConfig):
+        super().__init__()
+        self.register_buffer("action_mean", torch.zeros(config.action_dim))
+        self.register_buffer("action_std", torch.ones(config.action_dim))
+        self.register_buffer("proprio_mean", torch.zeros(config.proprio_dim))
+        self.register_buffer("proprio_std", torch.ones(config.proprio_dim))
+        self.register_buffer("is_set", torch.zeros((), dtype=torch.bool))
+
+
+class FedVLAPolicy(PreTrainedModel):
+    """The FedVLA policy. ``forward(batch)`` -> losses; ``act(observation)`` -> one action chunk (H, action_dim)."""
+
+    config_class = FedVLAConfig
+    base_model_prefix = "fedvla"
+    main_input_name = "images"
+    _supports_sdpa = True
+
+    def __init__(self, config: FedVLAConfig):
+        super().__init__(config)
+        self.stem = Stem(config)
+        self.trunk = Trunk(config)
+        self.head = ActionHead(config)
+        self.normalizer = Normalizer(config)
+        self.post_init()
+
+    # ------------------------------------------------------------------ init
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, DGMoE):
+            init.zeros_(module.threshold)  # theta_e = sigmoid(0) = 0.5
+            if module.prior is not None:
+                init.eye_(module.prior.weight)  # the previous layer's logits pass through at first
+        elif isinstance(module, AdaMoE):
+            init.zeros_(module.scale_adapter.weight)  # starts as the vanilla router's weighting
+        elif isinstance(module, VisionPatchEncoder):
+            init.normal_(module.position, std=std)
+        elif isinstance(module, Stem):
+            init.normal_(module.token_type, std=std)
+        elif isinstance(module, InstructionSceneParser):
+            init.normal_(module.group_embedding, std=std)
+        elif isinstance(module, ActionHead):
+            init.normal_(module.queries, std=std)
+        elif isinstance(module, Normalizer):
+            init.zeros_(module.action_mean)
+            init.ones_(module.action_std)
+            init.zeros_(module.proprio_mean)
+            init.ones_(module.proprio_std)
+            init.zeros_(module.is_set)
+
+    # ------------------------------------------------------------- language
+    @property
+    def language_encoder(self) -> FrozenSentenceEncoder:
+        """The frozen MiniLM (process-wide, shared by every policy with the same language_model_path)."""
+        return FrozenSentenceEncoder.shared(self.config.language_model_path, self.config.max_instruction_tokens)
+
+    # -------------------------------------------------------- normalization
+    @torch.no_grad()
+    def set_normalization(self, action_mean, action_std, proprio_mean, proprio_std) -> None:
+        """Store dataset statistics; a std below 1e-6 (a constant dimension) is replaced by 1."""
+        norm = self.normalizer
+        for name, value in (("action_mean", action_mean), ("action_std", action_std),
+                            ("proprio_mean", proprio_mean), ("proprio_std", proprio_std)):
+            buf = getattr(norm, name)
+            t = torch.as_tensor(np.asarray(value), dtype=buf.dtype).reshape(-1)
+            if t.numel() != buf.numel():
+                raise ValueError(f"set_normalization: {name} has {t.numel()} values, expected {buf.numel()}")
+            if name.endswith("std"):
+                t = torch.where(t < 1e-6, torch.ones_like(t), t)
+            buf.copy_(t)
+        norm.is_set.fill_(True)
+
+    @property
+    def has_normalization(self) -> bool:
+        return bool(self.normalizer.is_set)
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return (actions - self.normalizer.action_mean) / self.normalizer.action_std
+
+    def unnormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return actions * self.normalizer.action_std + self.normalizer.action_mean
+
+    def normalize_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
+        return (proprio - self.normalizer.proprio_mean) / self.normalizer.proprio_std
+
+    # -------------------------------------------------------------- forward
+    def encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch -> (trunk input (B, H + 2 + n_scene, d), stem aux loss). Query tokens come first."""
+        cfg = self.config
+        device = self.device
+        images = images_to_float(batch["images"].to(device, non_blocking=True), cfg.image_size)
+        b = images.shape[0]
+        instructions = list(batch["instruction"])
+        if len(instructions) != b:
+            raise ValueError(f"batch: {len(instructions)} instructions for {b} image stacks")
+        sentence, lang_tokens, lang_mask = self.language_encoder.encode(instructions, device)
+        instr_token, lang_tokens = self.stem.language(sentence, lang_tokens)
+        proprio = self.normalize_proprio(batch["proprio"].to(device, dtype=torch.float32))
+        proprio_token = self.stem.proprio(proprio)
+        scene = self.stem.vision(images)
+        aux = scene.new_zeros(())
+        if self.stem.iosp is not None:
+            ids = None
+            if batch.get("masks") is not None:
+                ids = patch_ids_from_masks(batch["masks"].to(device), cfg.image_size, cfg.patch_size)
+            parsed = self.stem.iosp(scene, lang_tokens, lang_mask, ids)
+            scene, aux = parsed.tokens, parsed.aux_loss
+        queries = self.head.queries.expand(b, -1, -1)
+        seq = torch.cat([queries, instr_token + self.stem.token_type[0], proprio_token + self.stem.token_type[1],
+                         scene], dim=1)
+        return seq, aux
+
+    def predict_normalized(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalized action chunk (B, H, A), total unweighted aux loss of stem and trunk)."""
+        seq, stem_aux = self.encode(batch)
+        hidden, trunk_aux = self.trunk(seq)
+        pred = self.head(hidden[:, :self.config.chunk_size])
+        aux = trunk_aux if self.stem.iosp is None else 0.5 * (trunk_aux + stem_aux)
+        return pred, aux
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Training loss: Huber on normalized actions (padded steps masked out) + aux_loss_coef * load balance."""
+        pred, aux = self.predict_normalized(batch)
+        target = self.normalize_actions(batch["actions"].to(self.device, dtype=torch.float32))
+        err = F.huber_loss(pred.float(), target, delta=self.config.huber_delta, reduction="none")
+        if batch.get("action_is_pad") is not None:
+            keep = (~batch["action_is_pad"].to(self.device).bool()).unsqueeze(-1).float()
+            action_loss = (err * keep).sum() / (keep.sum() * err.shape[-1]).clamp_min(1.0)
+        else:
+            action_loss = err.mean()
+        aux_loss = self.config.aux_loss_coef * aux.float()
+        return {"loss": action_loss + aux_loss, "action_loss": action_loss.detach(), "aux_loss": aux_loss.detach(),
+                "pred": pred.detach()}
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Unnormalized action chunks (B, H, A) for a batch (eval mode is the caller's business)."""
+        pred, _ = self.predict_normalized(batch)
+        return self.unnormalize_actions(pred.float())
+
+    def observation_to_batch(self, observation: dict[str, Any]) -> dict[str, Any]:
+        """One robot observation (HxWx3 uint8 per camera, instruction, proprio) -> a batch of one."""
+        cfg = self.config
+        size = cfg.image_size
+        frames = []
+        for cam in cfg.camera_names:
+            if cam not in observation["images"]:
+                raise KeyError(f"observation: no image for camera {cam!r} (have {sorted(observation['images'])})")
+            img = torch.from_numpy(np.ascontiguousarray(observation["images"][cam])).permute(2, 0, 1)
+            if img.shape[-2:] != (size, size):
+                img = F.interpolate(img[None].float() / 255.0, size=(size, size), mode="bilinear",
+                                    align_corners=False, antialias=True)[0]
+            frames.append(img.float() / 255.0 if img.dtype == torch.uint8 else img)
+        batch = {
+            "images": torch.stack(frames)[None],
+            "instruction": [str(observation["instruction"])],
+            "proprio": torch.as_tensor(np.asarray(observation["proprio"], dtype=np.float32)).reshape(1, -1),
+        }
+        masks = observation.get("masks")
+        if masks is not None and cfg.use_iosp:
+            batch["masks"] = torch.stack([torch.as_tensor(np.asarray(masks[c])) for c in cfg.camera_names])[None]
+        return batch
+
+    def act(self, observation: dict[str, Any]) -> np.ndarray:
+        """One observation -> the unnormalized action chunk (H, action_dim) as float32 numpy."""
+        was_training = self.training
+        self.eval()
+        try:
+            chunk = self.predict_action_chunk(self.observation_to_batch(observation))
+        finally:
+            self.train(was_training)
+        return chunk[0].cpu().numpy().astype(np.float32)
+
+    # ------------------------------------------------------ parameter groups
+    def parameter_group(self, name: str) -> dict[str, nn.Parameter]:
+        """Parameters of one federated group ("stem", "trunk" or "head") by full name."""
+        if name not in GROUP_NAMES:
+            raise ValueError(f"parameter_group: unknown group {name!r}; use one of {GROUP_NAMES}")
+        return {n: p for n, p in self.named_parameters() if n.startswith(name + ".")}
+
+    def trunk_layout(self) -> dict[str, tuple[int, int | None]]:
+        """Each trunk tensor name -> (layer index, expert index or None for attention, norms, gates)."""
+        layout = {}
+        for name in self.parameter_group("trunk"):
+            layer = int(_LAYER.match(name).group(1))
+            expert = _EXPERT.search(name)
+            layout[name] = (layer, int(expert.group(1)) if expert else None)
+        return layout
+
+    def export_trunk(self) -> dict[str, torch.Tensor]:
+        """The shared trunk as detached CPU tensors (what a client uploads)."""
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.parameter_group("trunk").items()}
+
+    def export_experts(self, layer: int, expert_ids) -> dict[str, torch.Tensor]:
+        """Only the given experts of one trunk layer, as detached CPU tensors."""
+        wanted = {int(e) for e in expert_ids}
+        if not 0 <= layer < self.config.n_layers:
+            raise IndexError(f"export_experts: layer {layer} not in [0, {self.config.n_layers})")
+        layout = self.trunk_layout()
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.parameter_group("trunk").items()
+                if layout[n][0] == layer and layout[n][1] in wanted}
+
+    @torch.no_grad()
+    def load_trunk(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """Copy trunk tensors in place (all or a subset, e.g. some experts); returns the names loaded.
+
+        Any name outside the trunk, or a shape mismatch, raises before anything is changed.
+        """
+        params = self.parameter_group("trunk")
+        for name, value in state.items():
+            if name not in params:
+                raise KeyError(f"load_trunk: {name!r} is not a trunk parameter")
+            if tuple(value.shape) != tuple(params[name].shape):
+                raise ValueError(f"load_trunk: {name} has shape {tuple(value.shape)}, "
+                                 f"expected {tuple(params[name].shape)}")
+        for name, value in state.items():
+            params[name].copy_(torch.as_tensor(value).to(params[name].device, params[name].dtype))
+        return list(state)
+
+    # ------------------------------------------------------------ expert stats
+    def trunk_ffns(self) -> list[ExpertFFN]:
+        return [layer.ffn for layer in self.trunk.layers]
+
+    def expert_counts(self) -> list[list[int]]:
+        """Per trunk layer, per expert: tokens routed since the last reset (the input of Expert-Driven Aggregation)."""
+        return [ffn.expert_counts() for ffn in self.trunk_ffns()]
+
+    def reset_expert_stats(self) -> None:
+        for module in self.modules():
+            if isinstance(module, ExpertFFN):
+                module.reset_stats()
+
+    def mean_active_experts(self) -> float:
+        """Routed experts per token in the trunk since the last reset, averaged over layers (0.0 if none seen)."""
+        tokens = sum(ffn.tokens_seen() for ffn in self.trunk_ffns())
+        routed = sum(sum(ffn.expert_counts()) for ffn in self.trunk_ffns())
+        return routed / tokens if tokens else 0.0
+
+    def iosp_mean_active_experts(self) -> dict[str, float]:
+        """Per IOSP group (target, surrounding, background): routed experts per token since the last reset."""
+        if self.stem.iosp is None:
+            return {}
+        return {g: ffn.mean_active_experts() for g, ffn in zip(GROUPS, self.stem.iosp.refiners)}
+
+    def trunk_ffn_flops_per_token(self) -> float:
+        """Trunk FFN FLOPs per token (mean over layers), using the measured mean active experts of DGMoE."""
+        flops = [ffn.flops_per_token() for ffn in self.trunk_ffns()]
+        return float(sum(flops) / len(flops))
