@@ -20,6 +20,7 @@ class MinimalExecuteServer(Node):
         super().__init__("minimal_execute_server")
         self._server = ActionServer(self, ExecuteInstruction, "execute_instruction", self._execute,
                                     goal_callback=self._on_goal, callback_group=ReentrantCallbackGroup())
+        self._count = 0
         self.get_logger().info("ready")
 
     def _on_goal(self, goal):
@@ -30,14 +31,17 @@ class MinimalExecuteServer(Node):
 
     def _execute(self, handle):
         steps = handle.request.max_steps or 5
+        self._count += 1
+        episode_id = f"test-episode-{self._count}"
         for i in range(steps):
             fb = ExecuteInstruction.Feedback(step=i + 1, phase="running", progress=(i + 1) / steps,
-                                             mean_active_experts=1.0, inference_latency_ms=1.0)
+                                             mean_active_experts=1.0, inference_latency_ms=1.0,
+                                             episode_id=episode_id, instruction=handle.request.instruction)
             handle.publish_feedback(fb)
             time.sleep(0.05)  # a real server would step its control loop here
         handle.succeed()
         return ExecuteInstruction.Result(success=True, steps=steps, reason="done: " + handle.request.instruction,
-                                         episode_id="test-episode")
+                                         episode_id=episode_id)
 
 
 def main():

@@ -1,0 +1,482 @@
+"""The ROS 2 ExecuteInstruction action server around the FedVLA policy (a thin shell).
+
+Graph (names relative to the node's namespace, all parameters in config/policy_server.yaml):
+
+  in   camera/<name>/image_raw (sensor_msgs/Image), joint_states, task_success (std_msgs/Bool),
+       instruction_goal (std_msgs/String: starts a goal as if an action client sent it)
+  out  arm_controller/joint_trajectory (trajectory_msgs/JointTrajectory), expert_usage
+       (fedvla_msgs/ExpertUsage), ~/goal_rejections (std_msgs/String, JSON, transient local)
+  srv  ~/load_checkpoint (fedvla_msgs/LoadCheckpoint)
+  act  execute_instruction (fedvla_msgs/ExecuteInstruction)
+
+Rejected goals. rclpy's goal callback can only say ACCEPT or REJECT, so an invalid goal is
+REJECTED (it never becomes an episode the fed client would log) and the reason is published,
+before the rejection is sent, on the latched topic ``~/goal_rejections`` as JSON
+``{"instruction": ..., "reason": ..., "stamp": <unix s>}`` and logged. ``goal_client.GoalClient``
+subscribes to that topic before sending and reports the reason together with the rejection.
+
+Threading (lessons from the anchors): the execute callback is ``async`` and never spins; the
+action server and the instruction client live in a ReentrantCallbackGroup, the sensor
+subscriptions in their own group, the checkpoint service in a third, all on a
+MultiThreadedExecutor, so frames keep arriving while a goal runs and a checkpoint loads.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import fields
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Duration
+from rclpy.action import ActionClient, ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.task import Future
+from rcl_interfaces.msg import ParameterDescriptor
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, String
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from fedvla_msgs.action import ExecuteInstruction
+from fedvla_msgs.msg import ExpertUsage, LayerExpertUsage
+from fedvla_msgs.srv import LoadCheckpoint
+from fedvla_policy.image_conversion import image_to_numpy, to_rgb
+from fedvla_policy.motion import JointLimits, MotionConfig, MotionRejected, PANDA_LIMITS, make_backend, hold_trajectory
+from fedvla_policy.server_logic import (Frame, JointSample, LatestInputs, ServerConfig, current_positions,
+                                        goal_rejection_reason, progress, proprio_vector, step_budget)
+
+try:  # optional: a real ros2_control install ships control_msgs
+    from control_msgs.action import FollowJointTrajectory  # type: ignore
+except ImportError:  # pragma: no cover - not installed here
+    FollowJointTrajectory = None
+
+REJECTIONS_TOPIC = "~/goal_rejections"
+
+
+def load_policy(path: str, device: str = "cpu"):
+    """Load a save_pretrained checkpoint of FedVLAPolicy for inference (eval mode on ``device``)."""
+    from fedvla_policy.model import FedVLAPolicy
+
+    policy = FedVLAPolicy.from_pretrained(path)
+    policy.to(device)
+    policy.eval()
+    return policy
+
+
+def expert_usage_layers(policy) -> tuple[list[tuple[list[int], float]], float]:
+    """Per-layer (expert counts, mean active experts) and the overall mean, from the policy's stats."""
+    counts = policy.expert_counts()
+    if isinstance(counts, dict):
+        counts = [counts[k] for k in sorted(counts)]
+    counts = [np.asarray(c.detach().cpu() if hasattr(c, "detach") else c).astype(np.int64).ravel() for c in counts]
+    means = policy.mean_active_experts()
+    if np.ndim(means) == 0:
+        overall = float(means)
+        per_layer = [overall] * len(counts)
+    else:
+        per_layer = [float(m) for m in np.asarray(means).ravel()]
+        overall = float(np.mean(per_layer)) if per_layer else 0.0
+    return [(c.tolist(), per_layer[i] if i < len(per_layer) else overall) for i, c in enumerate(counts)], overall
+
+
+def to_joint_trajectory(traj) -> JointTrajectory:
+    """motion.PlannedTrajectory -> trajectory_msgs/JointTrajectory (stamp 0 = start on arrival)."""
+    msg = JointTrajectory()
+    msg.joint_names = list(traj.joint_names)
+    for t, q, qd, qdd in zip(traj.times, traj.positions, traj.velocities, traj.accelerations):
+        point = JointTrajectoryPoint()
+        point.positions = [float(x) for x in q]
+        point.velocities = [float(x) for x in qd]
+        point.accelerations = [float(x) for x in qdd]
+        sec = int(t)
+        point.time_from_start = Duration(sec=sec, nanosec=int(round((float(t) - sec) * 1e9)) % 1_000_000_000)
+        msg.points.append(point)
+    return msg
+
+
+class _GoalRun:
+    """Book-keeping of the goal being executed."""
+
+    def __init__(self, goal_handle):
+        self.goal_handle = goal_handle
+        self.preempted = False
+
+
+class PolicyServer(Node):
+    """ExecuteInstruction action server: camera + joint state + instruction -> policy -> trajectory."""
+
+    def __init__(self, node_name: str = "policy_server", **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.cfg = self._declare_parameters()
+        self._sensor_group = ReentrantCallbackGroup()
+        self._action_group = ReentrantCallbackGroup()
+        self._service_group = MutuallyExclusiveCallbackGroup()
+
+        self.inputs = LatestInputs()
+        self._policy = None
+        self._policy_path = ""
+        self._pending_policy = None  # (policy, path) waiting for the running goal to end
+        self._policy_lock = threading.Lock()
+        self._active: _GoalRun | None = None
+        self._active_lock = threading.Lock()
+        self._success_time = -np.inf
+        self._frame_waiters: list[Future] = []
+        self._waiters_lock = threading.Lock()
+        self._camera_subs: dict[str, object] = {}
+
+        limits = PANDA_LIMITS
+        if list(self.cfg.arm_joint_names) != list(PANDA_LIMITS.names):
+            self.get_logger().warn("arm_joint_names differ from the Panda's: using Panda limits by position")
+            limits = JointLimits(tuple(self.cfg.arm_joint_names), PANDA_LIMITS.lower, PANDA_LIMITS.upper,
+                                 PANDA_LIMITS.max_velocity, PANDA_LIMITS.max_acceleration)
+        self.motion = make_backend(self.cfg.action_space, MotionConfig(
+            velocity_scale=self.cfg.velocity_scale, acceleration_scale=self.cfg.acceleration_scale,
+            reject_margin=self.cfg.reject_margin, nominal_step_s=1.0 / self.cfg.control_rate_hz,
+            sample_dt=self.cfg.sample_dt, gripper_max=self.cfg.gripper_max),
+            limits=limits, gripper_joint=self.cfg.gripper_joint or None)
+
+        latched = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._traj_pub = self.create_publisher(JointTrajectory, self.cfg.controller_topic, 10)
+        self._usage_pub = self.create_publisher(ExpertUsage, self.cfg.expert_usage_topic, 10)
+        self._reject_pub = self.create_publisher(String, REJECTIONS_TOPIC, latched)
+        self._fjt_client = None
+        if self.cfg.use_follow_joint_trajectory and FollowJointTrajectory is not None:
+            self._fjt_client = ActionClient(self, FollowJointTrajectory, self.cfg.controller_action,
+                                            callback_group=self._action_group)
+
+        self.create_subscription(JointState, self.cfg.joint_states_topic, self._on_joint_state,
+                                 qos_profile_sensor_data, callback_group=self._sensor_group)
+        self.create_subscription(Bool, self.cfg.task_success_topic, self._on_task_success,
+                                 qos_profile_sensor_data, callback_group=self._sensor_group)
+        self.create_subscription(String, self.cfg.instruction_goal_topic, self._on_instruction_goal,
+                                 10, callback_group=self._action_group)
+
+        self._action_server = ActionServer(
+            self, ExecuteInstruction, self.cfg.action_name, execute_callback=self._execute,
+            goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
+            cancel_callback=lambda _req: CancelResponse.ACCEPT, callback_group=self._action_group)
+        self._self_client = ActionClient(self, ExecuteInstruction, self.cfg.action_name,
+                                         callback_group=self._action_group)
+        self.create_service(LoadCheckpoint, "~/load_checkpoint", self._on_load_checkpoint,
+                            callback_group=self._service_group)
+
+        if self.cfg.checkpoint:
+            try:
+                self._set_policy(load_policy(self.cfg.checkpoint, self.cfg.device), self.cfg.checkpoint)
+            except Exception as exc:  # noqa: BLE001 - keep serving; goals are rejected until a load works
+                self.get_logger().error(f"could not load checkpoint {self.cfg.checkpoint!r}: {exc}")
+        self._ensure_camera_subscriptions()
+        self.get_logger().info(
+            f"policy server ready: action '{self.cfg.action_name}', cameras {self.camera_names}, "
+            f"checkpoint {self._policy_path or '(none)'}, motion backend {self.motion.kind}")
+
+    # ------------------------------------------------------------------ parameters
+    def _declare_parameters(self) -> ServerConfig:
+        defaults = ServerConfig()
+        values = {}
+        for f in fields(ServerConfig):
+            default = getattr(defaults, f.name)
+            descriptor = ParameterDescriptor(description=f.metadata.get("help", ""))
+            if isinstance(default, list) and not default:
+                descriptor.dynamic_typing = True
+                param = self.declare_parameter(f.name, Parameter.Type.STRING_ARRAY, descriptor)
+                value = param.value if param.value is not None else []
+                value = [v for v in value if v]  # [""] in YAML also means "empty"
+            else:
+                value = self.declare_parameter(f.name, default, descriptor).value
+            values[f.name] = list(value) if isinstance(default, list) else value
+        return ServerConfig(**values)
+
+    # ------------------------------------------------------------------ model
+    @property
+    def camera_names(self) -> list[str]:
+        if self.cfg.camera_names:
+            return list(self.cfg.camera_names)
+        with self._policy_lock:
+            policy = self._policy
+        return list(policy.config.camera_names) if policy is not None else []
+
+    def _set_policy(self, policy, path: str) -> None:
+        with self._policy_lock:
+            self._policy, self._policy_path = policy, path
+        self._ensure_camera_subscriptions()
+
+    def _ensure_camera_subscriptions(self) -> None:
+        for cam in self.camera_names:
+            if cam not in self._camera_subs:
+                topic = self.cfg.camera_topic_template.format(name=cam)
+                self._camera_subs[cam] = self.create_subscription(
+                    Image, topic, lambda msg, cam=cam: self._on_image(cam, msg), qos_profile_sensor_data,
+                    callback_group=self._sensor_group)
+
+    def _on_load_checkpoint(self, request, response):
+        try:
+            policy = load_policy(request.path, self.cfg.device)
+        except Exception as exc:  # noqa: BLE001 - report any failure to the caller
+            response.success, response.message = False, f"could not load {request.path!r}: {exc}"
+            self.get_logger().error(response.message)
+            return response
+        with self._active_lock:
+            running = self._active is not None
+            if running:
+                self._pending_policy = (policy, request.path)
+        if not running:
+            self._set_policy(policy, request.path)
+        response.success = True
+        response.message = (f"loaded {request.path}" + (" (serves the next goal)" if running else ""))
+        self.get_logger().info(response.message)
+        return response
+
+    # ------------------------------------------------------------------ inputs
+    def _on_image(self, camera: str, msg: Image) -> None:
+        try:
+            image = to_rgb(image_to_numpy(msg), msg.encoding)
+        except ValueError as exc:
+            self.get_logger().error(f"camera '{camera}': {exc}", throttle_duration_sec=5.0)
+            return
+        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        self.inputs.put_frame(camera, Frame(image, stamp, time.monotonic()))
+        with self._waiters_lock:
+            waiters, self._frame_waiters = self._frame_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(True)
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        pos = dict(zip(msg.name, msg.position))
+        vel = dict(zip(msg.name, msg.velocity)) if len(msg.velocity) == len(msg.name) else {}
+        self.inputs.put_joint(JointSample(pos, vel, time.monotonic()))
+
+    def _on_task_success(self, msg: Bool) -> None:
+        if msg.data:
+            self._success_time = time.monotonic()
+
+    def _on_instruction_goal(self, msg: String) -> None:
+        """Start a goal through our own action server, exactly as an external client would."""
+        if not self._self_client.server_is_ready():
+            self.get_logger().warn("instruction topic: action server not ready yet")
+        goal = ExecuteInstruction.Goal(instruction=msg.data)
+        future = self._self_client.send_goal_async(goal)
+        future.add_done_callback(lambda f: self.get_logger().info(
+            f"instruction topic goal {msg.data!r}: {'accepted' if f.result().accepted else 'rejected'}"))
+
+    # ------------------------------------------------------------------ goal lifecycle
+    def _reject(self, instruction: str, reason: str) -> GoalResponse:
+        self._reject_pub.publish(String(data=json.dumps(
+            {"instruction": instruction, "reason": reason, "stamp": time.time()})))
+        self.get_logger().warn(f"rejected goal {instruction[:80]!r}: {reason}")
+        return GoalResponse.REJECT
+
+    def _on_goal(self, goal) -> GoalResponse:
+        with self._policy_lock:
+            loaded = self._policy is not None
+        with self._active_lock:
+            running = self._active is not None
+        cameras = self.camera_names
+        reason = goal_rejection_reason(
+            goal.instruction, max_length=self.cfg.max_instruction_length, model_loaded=loaded,
+            missing_cameras=self.inputs.missing_cameras(cameras), have_joint_state=self.inputs.has_joint_state(),
+            goal_running=running, on_new_goal=self.cfg.on_new_goal)
+        if reason is None and not cameras:
+            reason = "no camera configured (camera_names empty and the model names none)"
+        if reason is not None:
+            return self._reject(goal.instruction, reason)
+        return GoalResponse.ACCEPT
+
+    def _on_accepted(self, goal_handle) -> None:
+        with self._active_lock:
+            if self._active is not None:
+                self._active.preempted = True
+        goal_handle.execute()
+
+    async def _sleep(self, seconds: float, wake_on_frame: bool = False) -> None:
+        """Wait without blocking an executor thread (a one-shot timer completes a Future)."""
+        fut = Future()
+        timer = None
+
+        def fire():
+            timer.cancel()
+            if not fut.done():
+                fut.set_result(False)
+
+        timer = self.create_timer(max(seconds, 1e-4), fire, callback_group=self._action_group)
+        if wake_on_frame:
+            with self._waiters_lock:
+                self._frame_waiters.append(fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self.destroy_timer(timer)
+
+    async def _execute(self, goal_handle):
+        run = _GoalRun(goal_handle)
+        while True:  # a preempted goal is still finishing: wait for it
+            with self._active_lock:
+                if self._active is None:
+                    self._active = run
+                    break
+            await self._sleep(0.01)
+        try:
+            return await self._run_goal(goal_handle, run)
+        finally:
+            with self._active_lock:
+                self._active = None
+                pending, self._pending_policy = self._pending_policy, None
+            if pending is not None:
+                self._set_policy(*pending)
+
+    def _publish_trajectory(self, traj) -> None:
+        msg = to_joint_trajectory(traj)
+        if self._fjt_client is not None and self._fjt_client.server_is_ready():
+            self._fjt_client.send_goal_async(FollowJointTrajectory.Goal(trajectory=msg))
+        else:
+            self._traj_pub.publish(msg)
+
+    def _hold(self) -> None:
+        joint = self.inputs.joint()
+        if joint is None:
+            return
+        try:
+            pos, _ = current_positions(joint, self.cfg.arm_joint_names, self.cfg.gripper_joint)
+        except KeyError:
+            return
+        self._publish_trajectory(hold_trajectory(pos, self.motion.joint_names, self.cfg.hold_duration_s))
+
+    def _publish_usage(self, policy, episode_id: str) -> float:
+        try:
+            layers, overall = expert_usage_layers(policy)
+        except Exception as exc:  # noqa: BLE001 - usage stats must never stop the arm
+            self.get_logger().warn(f"expert usage unavailable: {exc}", throttle_duration_sec=10.0)
+            return 0.0
+        msg = ExpertUsage(episode_id=episode_id, mean_active_experts=overall)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.layers = [LayerExpertUsage(layer=i, expert_counts=c, mean_active_experts=m)
+                      for i, (c, m) in enumerate(layers)]
+        self._usage_pub.publish(msg)
+        return overall
+
+    async def _run_goal(self, goal_handle, run: _GoalRun):
+        cfg = self.cfg
+        goal = goal_handle.request
+        max_steps, time_limit = step_budget(goal.max_steps, goal.time_limit_s,
+                                            cfg.default_max_steps, cfg.default_time_limit_s)
+        episode_id = f"{cfg.episode_id_prefix}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        with self._policy_lock:
+            policy = self._policy
+        cameras = self.camera_names
+        period = 1.0 / cfg.control_rate_hz
+        horizon = cfg.execute_horizon or None
+        if hasattr(policy, "reset"):
+            policy.reset()
+        policy.reset_expert_stats()
+        self.get_logger().info(f"goal {episode_id}: {goal.instruction!r} (<= {max_steps} steps, {time_limit:.1f} s)")
+
+        start = time.monotonic()
+        last_frame = -np.inf
+        last_step_time = start
+        next_tick = start
+        step = 0
+        mean_active = 0.0
+        latency_ms = 0.0
+
+        def finish(status: str, reason: str, success: bool = False, hold: bool = True):
+            if hold:
+                self._hold()
+            getattr(goal_handle, status)()
+            self.get_logger().info(f"goal {episode_id} ended after {step} steps: {reason}")
+            return ExecuteInstruction.Result(success=success, steps=step, reason=reason, episode_id=episode_id)
+
+        def feedback(phase: str) -> None:
+            goal_handle.publish_feedback(ExecuteInstruction.Feedback(
+                step=step, phase=phase, progress=progress(step, max_steps, time.monotonic() - start, time_limit),
+                mean_active_experts=mean_active, inference_latency_ms=latency_ms))
+
+        while True:
+            now = time.monotonic()
+            if goal_handle.is_cancel_requested:
+                feedback("holding")
+                return finish("canceled", "canceled")
+            if run.preempted:
+                return finish("abort", "preempted", hold=False)
+            if self._success_time >= start:
+                feedback("finishing")
+                return finish("succeed", "success", success=True)
+            if step >= max_steps:
+                return finish("abort", "max_steps")
+            if now - start >= time_limit:
+                return finish("abort", "time_limit")
+            stale = self.inputs.stale_reason(cameras, now, cfg.stale_input_timeout_s)
+            if stale:
+                return finish("abort", stale)
+            snap = self.inputs.snapshot(cameras, cfg.max_frame_skew_s, after=last_frame)
+            if snap is None:
+                waited = now - last_step_time
+                limit = cfg.startup_input_timeout_s if step == 0 else cfg.stale_input_timeout_s
+                if waited > limit:
+                    return finish("abort", f"stale_input: no new, consistent set of camera frames for {waited:.2f} s "
+                                           f"(cameras {cameras}, max_frame_skew_s {cfg.max_frame_skew_s})")
+                if step == 0:
+                    feedback("waiting_for_input")
+                await self._sleep(min(period, 0.05), wake_on_frame=True)
+                continue
+            last_frame = snap.newest_frame_received
+            try:
+                proprio = proprio_vector(snap.joint, cfg.arm_joint_names, cfg.gripper_joint)
+                current, velocity = current_positions(snap.joint, cfg.arm_joint_names, cfg.gripper_joint)
+            except KeyError as exc:
+                return finish("abort", f"joint state: {exc.args[0]}", hold=False)
+            t0 = time.perf_counter()
+            try:
+                chunk = np.asarray(policy.act({"images": snap.images, "instruction": goal.instruction,
+                                               "proprio": proprio}))
+            except Exception as exc:  # noqa: BLE001 - a model error ends the goal, the server lives on
+                self.get_logger().error(f"policy.act failed: {exc!r}")
+                return finish("abort", f"policy error: {exc}")
+            latency_ms = (time.perf_counter() - t0) * 1e3
+            try:
+                traj = self.motion.plan(current, chunk[:horizon], velocity)
+            except MotionRejected as exc:
+                self.get_logger().warn(f"chunk rejected by the motion backend: {exc}")
+                self._hold()
+            else:
+                if traj.report.any_hit:
+                    self.get_logger().info(f"motion limits: {traj.report.summary()}", throttle_duration_sec=2.0)
+                self._publish_trajectory(traj)
+            step += 1
+            last_step_time = time.monotonic()
+            mean_active = self._publish_usage(policy, episode_id)
+            feedback("running")
+            next_tick = max(next_tick + period, time.monotonic())
+            # Sleep until the next tick; a fresh frame is waited for at the top of the loop.
+            delay = next_tick - time.monotonic()
+            if delay > 1e-3:
+                await self._sleep(delay)
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = PolicyServer()
+    executor = MultiThreadedExecutor(num_threads=6)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""The fed client node in a real process: a goal becomes an episode; the round gate and status follow."""
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.action import ActionClient
+from rclpy.executors import MultiThreadedExecutor
+from sensor_msgs.msg import JointState
+
+from fedvla_fed_client.episode_recorder import ActionLayout
+from fedvla_fed_client.episodes import list_episodes, read_episode
+from fedvla_fed_client.round_gate import RoundReport, read_gate, write_report
+from fedvla_msgs.action import ExecuteInstruction
+from fedvla_msgs.msg import RoundStatus
+from fedvla_policy.image_conversion import numpy_to_image
+
+pytestmark = pytest.mark.ros
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_goal_is_logged_as_episode_and_round_report_is_published(rclpy_context, processes, tmp_path):
+    episodes = tmp_path / "episodes"
+    processes.start(["tests/fedvla_msgs/minimal_execute_server.py"], "server")
+    node_proc = processes.start(
+        ["-m", "fedvla_fed_client.client_node", "--ros-args",
+         "-p", f"episode_dir:={episodes}", "-p", "camera_names:=['cam']", "-p", "record_rate_hz:=20.0",
+         "-p", "supernode_enabled:=false", "-p", "min_new_episodes:=1", "-p", "round_interval_s:=0.0",
+         "-p", "status_rate_hz:=5.0", "-p", "robot_id:=robotX"], "fed_client")
+
+    node = rclpy.create_node("test_robot_io", context=rclpy_context)
+    executor = MultiThreadedExecutor(context=rclpy_context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    layout = ActionLayout()
+    image_pub = node.create_publisher(type(numpy_to_image(np.zeros((2, 2, 3), np.uint8))), "camera/cam/image_raw", 10)
+    joints_pub = node.create_publisher(JointState, "joint_states", 10)
+    statuses = []
+    node.create_subscription(RoundStatus, "round_status", statuses.append, 10)
+    frame = {"k": 0}
+
+    def publish_sensors():
+        frame["k"] += 1
+        image_pub.publish(numpy_to_image(np.full((16, 16, 3), frame["k"] % 255, np.uint8), "rgb8"))
+        joints_pub.publish(JointState(name=layout.joint_names, position=[0.1] * 7 + [0.04]))
+
+    node.create_timer(1 / 30, publish_sensors)
+    try:
+        action = ActionClient(node, ExecuteInstruction, "execute_instruction")
+        assert action.wait_for_server(timeout_sec=30)
+        _wait_for(lambda: node.count_subscribers("execute_instruction/_action/feedback") > 0, 30,
+                  "the fed client to subscribe to the action feedback\n" + processes.log(node_proc))
+        time.sleep(1.0)
+        goal = ExecuteInstruction.Goal(instruction="stack the red block on the green block", max_steps=20)
+        handle = _wait_for(lambda: (f := action.send_goal_async(goal)) and _wait_for(f.done, 10, "goal") and f.result(),
+                           15, "goal acceptance")
+        assert handle.accepted
+        # while the goal runs the robot is busy: the gate stays closed
+        time.sleep(0.4)
+        gate = read_gate(episodes)
+        assert not gate.open and "idle" in gate.reason
+        result_future = handle.get_result_async()
+        _wait_for(result_future.done, 20, "the goal's result")
+        files = _wait_for(lambda: list_episodes(episodes), 15, "the episode file\n" + processes.log(node_proc))
+        episode = read_episode(files[0])
+        assert files[0].stem == result_future.result().result.episode_id
+        assert episode.success and episode.instruction == goal.instruction
+        assert episode.num_steps >= 5  # 20 steps x 50 ms at 20 Hz
+        # one new episode >= min_new_episodes and the robot is idle: the gate opens
+        _wait_for(lambda: read_gate(episodes).open, 10, "the gate to open")
+        write_report(episodes, RoundReport(server_round=7, state="done", bytes_up=1234, bytes_down=5678,
+                                           metrics={"train_loss": 0.25}))
+        status = _wait_for(lambda: [s for s in statuses if s.round == 7], 10, "RoundStatus of round 7")[-1]
+        assert status.robot_id == "robotX" and status.bytes_up == 1234 and status.bytes_down == 5678
+        assert {m.name: m.value for m in status.metrics}["train_loss"] == pytest.approx(0.25)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
