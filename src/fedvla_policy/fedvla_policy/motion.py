@@ -224,6 +224,40 @@ def hold_trajectory(current: np.ndarray, joint_names: list[str], duration: float
     return PlannedTrajectory(list(joint_names), times, positions, zeros, zeros.copy())
 
 
+def stop_trajectory(current: np.ndarray, velocity: np.ndarray, joint_names: list[str], limits: JointLimits,
+                    config: MotionConfig, hold_s: float = 0.2) -> PlannedTrajectory:
+    """Brake to a standstill at the (scaled) acceleration limit, then hold (used on cancel and abort).
+
+    An instant "hold here" from full speed jolts the arm (and makes position servos ring). This
+    brakes every arm joint over one common time T along the current motion, with a smooth
+    velocity profile v(t) = v0 (1 - 3u^2 + 2u^3), u = t/T (acceleration starts and ends at 0,
+    peaks at 1.5 |v0| / T, so T = 1.5 max|v0| / a_max keeps it within the limit), then holds.
+    Extra entries (the gripper) keep their position.
+    """
+    current = np.asarray(current, dtype=float)
+    dof = limits.dof
+    v0 = np.zeros_like(current)
+    if velocity is not None:
+        v0[:dof] = np.clip(np.nan_to_num(np.asarray(velocity, dtype=float)[:dof]),
+                           -limits.max_velocity, limits.max_velocity)
+    amax = limits.max_acceleration * config.acceleration_scale
+    t_stop = float(np.max(1.5 * np.abs(v0[:dof]) / amax))
+    if t_stop < 1e-3:
+        return hold_trajectory(current, joint_names, hold_s)
+    n = int(np.clip(np.ceil(t_stop / config.sample_dt), 2, config.max_points - 1)) + 1
+    t = np.linspace(0.0, t_stop, n)
+    u = t / t_stop
+    q = current[None, :] + np.outer(t_stop * (u - u ** 3 + 0.5 * u ** 4), v0)
+    qd = np.outer(1 - 3 * u ** 2 + 2 * u ** 3, v0)
+    qdd = np.outer(-6 * u * (1 - u) / t_stop, v0)
+    q[:, :dof] = np.clip(q[:, :dof], limits.lower, limits.upper)
+    t = np.append(t, t_stop + hold_s)
+    q = np.vstack([q, q[-1]])
+    qd = np.vstack([qd, np.zeros_like(current)])
+    qdd = np.vstack([qdd, np.zeros_like(current)])
+    return PlannedTrajectory(list(joint_names), t, q, qd, qdd)
+
+
 # ----------------------------------------------------------------------------- time parameterization
 
 def _dedupe(waypoints: np.ndarray, min_step: float = 1e-5) -> np.ndarray:
@@ -248,7 +282,7 @@ def _time_parameterize(waypoints: np.ndarray, limits: JointLimits, config: Motio
     lengths = np.linalg.norm(np.diff(waypoints, axis=0), axis=1)
     ss = np.concatenate([[0.0], np.cumsum(lengths)])
     ss = ss / ss[-1]
-    path = toppra.SplineInterpolator(ss, waypoints, bc_type="clamped" if len(ss) > 2 else "not-a-knot")
+    path = toppra.SplineInterpolator(ss, waypoints, bc_type="natural")
     vmax = limits.max_velocity * config.velocity_scale
     amax = limits.max_acceleration * config.acceleration_scale
     constraints = [
@@ -387,7 +421,7 @@ class EndEffectorBackend(JointSpaceBackend):
 
     def __init__(self, mj_model, site: str, limits: JointLimits = PANDA_LIMITS,
                  config: MotionConfig | None = None, gripper_joint: str | None = PANDA_GRIPPER_JOINT,
-                 ik_iterations: int = 30, ik_dt: float = 0.05):
+                 ik_iterations: int = 100, ik_dt: float = 0.1):
         super().__init__(limits, config, gripper_joint)
         import mink
         import mujoco
@@ -398,8 +432,10 @@ class EndEffectorBackend(JointSpaceBackend):
         self.ik_iterations, self.ik_dt = ik_iterations, ik_dt
         self.configuration = mink.Configuration(mj_model)
         self.qpos_index = np.array([mj_model.jnt_qposadr[mj_model.joint(n).id] for n in limits.names])
-        self.frame_task = mink.FrameTask(site, "site", position_cost=1.0, orientation_cost=0.5)
+        self.pose_task = mink.FrameTask(site, "site", position_cost=1.0, orientation_cost=0.5)
+        self.position_task = mink.FrameTask(site, "site", position_cost=1.0, orientation_cost=0.0)
         self.posture_task = mink.PostureTask(mj_model, cost=1e-3)
+        self.ik_limits = [mink.ConfigurationLimit(mj_model)]
 
     def solve_ik(self, current: np.ndarray, poses: np.ndarray) -> np.ndarray:
         """Joint targets for each pose row, each solve seeded with the previous solution."""
@@ -411,17 +447,18 @@ class EndEffectorBackend(JointSpaceBackend):
         start_pose = self.configuration.get_transform_frame_to_world(self.site, "site")
         out = []
         for pose in poses:
-            if pose.shape[0] >= 7:
-                target = mink.SE3.from_rotation_and_translation(mink.SO3(np.asarray(pose[3:7], float)), pose[:3])
-            else:
-                target = mink.SE3.from_rotation_and_translation(start_pose.rotation(), pose[:3])
-            self.frame_task.set_target(target)
+            if pose.shape[0] >= 7:  # full pose
+                task = self.pose_task
+                task.set_target(mink.SE3.from_rotation_and_translation(mink.SO3(np.asarray(pose[3:7], float)), pose[:3]))
+            else:  # position only: orientation is free (cost 0)
+                task = self.position_task
+                task.set_target(mink.SE3.from_rotation_and_translation(start_pose.rotation(), pose[:3]))
             for _ in range(self.ik_iterations):
-                vel = mink.solve_ik(self.configuration, [self.frame_task, self.posture_task], self.ik_dt,
-                                    solver="daqp", damping=1e-3)
+                vel = mink.solve_ik(self.configuration, [task, self.posture_task], self.ik_dt,
+                                    solver="daqp", damping=1e-3, limits=self.ik_limits)
                 self.configuration.integrate_inplace(vel, self.ik_dt)
-                err = self.frame_task.compute_error(self.configuration)
-                if np.linalg.norm(err[:3]) < 1e-3 and np.linalg.norm(err[3:]) < 1e-2:
+                err = task.compute_error(self.configuration)
+                if np.linalg.norm(err[:3]) < 1e-3 and (task is self.position_task or np.linalg.norm(err[3:]) < 1e-2):
                     break
             out.append(self.configuration.q[self.qpos_index].copy())
         return np.array(out)

@@ -47,7 +47,8 @@ from fedvla_msgs.action import ExecuteInstruction
 from fedvla_msgs.msg import ExpertUsage, LayerExpertUsage
 from fedvla_msgs.srv import LoadCheckpoint
 from fedvla_policy.image_conversion import image_to_numpy, to_rgb
-from fedvla_policy.motion import JointLimits, MotionConfig, MotionRejected, PANDA_LIMITS, make_backend, hold_trajectory
+from fedvla_policy.motion import (JointLimits, MotionConfig, MotionRejected, PANDA_LIMITS, hold_trajectory,
+                                  make_backend, stop_trajectory)
 from fedvla_policy.server_logic import (Frame, JointSample, LatestInputs, ServerConfig, current_positions,
                                         goal_rejection_reason, progress, proprio_vector, step_budget)
 
@@ -185,7 +186,6 @@ class PolicyServer(Node):
             default = getattr(defaults, f.name)
             descriptor = ParameterDescriptor(description=f.metadata.get("help", ""))
             if isinstance(default, list) and not default:
-                descriptor.dynamic_typing = True
                 param = self.declare_parameter(f.name, Parameter.Type.STRING_ARRAY, descriptor)
                 value = param.value if param.value is not None else []
                 value = [v for v in value if v]  # [""] in YAML also means "empty"
@@ -340,15 +340,21 @@ class PolicyServer(Node):
         else:
             self._traj_pub.publish(msg)
 
-    def _hold(self) -> None:
+    def _hold(self, brake: bool = True) -> None:
+        """Stop the arm where it is: brake at the acceleration limit along the current motion, then hold."""
         joint = self.inputs.joint()
         if joint is None:
             return
         try:
-            pos, _ = current_positions(joint, self.cfg.arm_joint_names, self.cfg.gripper_joint)
+            pos, vel = current_positions(joint, self.cfg.arm_joint_names, self.cfg.gripper_joint)
         except KeyError:
             return
-        self._publish_trajectory(hold_trajectory(pos, self.motion.joint_names, self.cfg.hold_duration_s))
+        if brake:
+            traj = stop_trajectory(pos, vel, self.motion.joint_names, self.motion.limits, self.motion.config,
+                                   self.cfg.hold_duration_s)
+        else:
+            traj = hold_trajectory(pos, self.motion.joint_names, self.cfg.hold_duration_s)
+        self._publish_trajectory(traj)
 
     def _publish_usage(self, policy, episode_id: str) -> float:
         try:

@@ -106,7 +106,7 @@ class Task:
                 if other == self.objects[0]:
                     continue
                 ox, oy, _ = layout[other]
-                reach = 0.1 if other == "bowl" else 0.06
+                reach = 0.12 if other == "bowl" else 0.085
                 if abs(ox - px) < reach and oy < py + 0.1:
                     return False
         return True

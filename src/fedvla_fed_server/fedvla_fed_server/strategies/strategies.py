@@ -138,6 +138,7 @@ class FedVLAFedAvg(FedAvg):
         for msg in errors:
             self.rejected.append((server_round, msg.metadata.src_node_id, f"error reply: {msg.error.reason}"))
         clients = []  # (node id, arrays, metrics, bytes up)
+        skipped = 0
         for msg in valid:
             node = msg.metadata.src_node_id
             try:
@@ -148,6 +149,10 @@ class FedVLAFedAvg(FedAvg):
             except Exception as err:  # noqa: BLE001 - a malformed reply is rejected, never fatal
                 reason = f"malformed reply: {err}"
             else:
+                if not update and metrics.get(self.weighted_by_key) == 0:
+                    log.info("round %d: node %d had no local training data; skipped", server_round, node)
+                    skipped += 1
+                    continue
                 reason = check_update(self.global_arrays, update, metrics, self.layout, self.max_update_ratio,
                                       self.weighted_by_key)
             if reason is not None:
@@ -158,9 +163,11 @@ class FedVLAFedAvg(FedAvg):
         if not clients:
             log.warning("round %d: no acceptable update; the global model is unchanged", server_round)
             self.history.append({"round": server_round, "clients": 0, "rejected": len(replies)})
-            return None, MetricRecord({"num-clients": 0, "num-rejected": len(replies)})
+            return None, MetricRecord({"num-clients": 0, "num-rejected": len(replies) - skipped,
+                                       "num-skipped": skipped})
         new = self.aggregate_arrays(clients)
-        metrics = self.aggregate_metrics(clients, rejected=len(replies) - len(clients))
+        metrics = self.aggregate_metrics(clients, rejected=len(replies) - len(clients) - skipped)
+        metrics["num-skipped"] = skipped
         self.history.append({"round": server_round, **{k: v for k, v in metrics.items()}})
         return numpy_to_arrays(new), metrics
 
@@ -208,7 +215,7 @@ class FedVLAFedAvg(FedAvg):
         for key in sorted(scalar_keys):
             vals = [(float(c[2][key]), wn) for c, wn in zip(clients, n) if isinstance(c[2].get(key), (int, float))]
             tot = sum(wn for _, wn in vals)
-            out[key] = sum(v * wn for v, wn in vals) / tot if tot > 0 else float(np.mean([v for v, _ in vals]))
+            out[key] = float(sum(v * wn for v, wn in vals) / tot if tot > 0 else np.mean([v for v, _ in vals]))
         return MetricRecord(out)
 
 

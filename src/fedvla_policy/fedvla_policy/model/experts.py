@@ -49,23 +49,29 @@ def dispatch_to_experts(
     """y[t] = sum over triples (t, e, w) of w * experts[e](x[t]); experts without triples are skipped.
 
     x: (N, d); token_idx, expert_idx: (M,) long; weight: (M,). Returns (y (N, d), tokens per expert (E,)).
-    One host sync (the per-expert counts) per call, whatever the number of experts.
     """
-    n_experts = len(experts)
     order = torch.argsort(expert_idx, stable=True)
-    token_sorted = token_idx[order]
-    weight_sorted = weight[order]
-    counts = torch.bincount(expert_idx, minlength=n_experts)
+    counts = torch.bincount(expert_idx, minlength=len(experts))
+    return dispatch_grouped(x, experts, token_idx[order], weight[order], counts), counts
+
+
+def dispatch_grouped(x: torch.Tensor, experts: nn.ModuleList, token_idx: torch.Tensor, weight: torch.Tensor,
+                     counts: torch.Tensor) -> torch.Tensor:
+    """Like :func:`dispatch_to_experts` for triples already grouped by expert (counts[e] consecutive triples each).
+
+    Gather the tokens of one expert, run it, scale, scatter-add back. One host sync (the counts)
+    per call, whatever the number of experts.
+    """
     y = torch.zeros_like(x)
     start = 0
     for e, n in enumerate(counts.tolist()):
         if n == 0:
             continue  # no token: the expert is not run and gets no gradient
-        idx = token_sorted[start:start + n]
-        out = experts[e](x.index_select(0, idx)) * weight_sorted[start:start + n, None].to(x.dtype)
+        idx = token_idx[start:start + n]
+        out = experts[e](x.index_select(0, idx)) * weight[start:start + n, None].to(x.dtype)
         y.index_add_(0, idx, out.to(y.dtype))
         start += n
-    return y, counts
+    return y
 
 
 def load_balance_loss(probs: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
@@ -82,8 +88,9 @@ def load_balance_loss(probs: torch.Tensor, assignment: torch.Tensor) -> torch.Te
 class ExpertFFN(nn.Module):
     """Shared bookkeeping of every FFN kind: activation counts and the mean active experts per token.
 
-    The statistics are plain tensors (not buffers): they never enter a checkpoint or a state dict,
-    and they follow the input's device lazily.
+    The statistics are plain tensors created at the first forward pass on the input's device (not
+    buffers): they never enter a checkpoint or a state dict, survive meta-device construction in
+    ``from_pretrained``, and accumulate without a host sync.
     """
 
     n_experts: int
@@ -91,32 +98,38 @@ class ExpertFFN(nn.Module):
     def __init__(self, n_experts: int):
         super().__init__()
         self.n_experts = n_experts
-        self._counts = torch.zeros(n_experts, dtype=torch.long)
-        self._tokens = torch.zeros((), dtype=torch.long)
+        self._counts: torch.Tensor | None = None
+        self._tokens: torch.Tensor | None = None
 
     @torch.no_grad()
     def _record(self, counts: torch.Tensor, n_tokens: int) -> None:
-        if self._counts.device != counts.device:
-            self._counts = self._counts.to(counts.device)
-            self._tokens = self._tokens.to(counts.device)
+        if self._counts is None or self._counts.device != counts.device:
+            old = (self._counts, self._tokens)
+            self._counts = torch.zeros(self.n_experts, dtype=torch.long, device=counts.device)
+            self._tokens = torch.zeros((), dtype=torch.long, device=counts.device)
+            if old[0] is not None:
+                self._counts += old[0].to(counts.device)
+                self._tokens += old[1].to(counts.device)
         self._counts += counts.to(torch.long)
         self._tokens += n_tokens
 
     def reset_stats(self) -> None:
-        self._counts = torch.zeros_like(self._counts)
-        self._tokens = torch.zeros_like(self._tokens)
+        self._counts = None
+        self._tokens = None
 
     def expert_counts(self) -> list[int]:
         """Tokens routed to each expert since the last reset (a token routed to 2 experts counts for both)."""
+        if self._counts is None:
+            return [0] * self.n_experts
         return [int(c) for c in self._counts.tolist()]
 
     def tokens_seen(self) -> int:
-        return int(self._tokens)
+        return 0 if self._tokens is None else int(self._tokens)
 
     def mean_active_experts(self) -> float:
         """Mean number of routed experts that processed a token, since the last reset (0.0 if none seen)."""
-        tokens = int(self._tokens)
-        return float(self._counts.sum()) / tokens if tokens else 0.0
+        tokens = self.tokens_seen()
+        return sum(self.expert_counts()) / tokens if tokens else 0.0
 
     def flops_per_token(self, mean_active: float | None = None) -> float:
         """FFN FLOPs per token (router included) for a given mean number of active experts."""
@@ -229,12 +242,13 @@ class DGMoE(_RoutedFFN):
     """
 
     def __init__(self, d_model: int, n_experts: int, hidden: int, lam: float = 0.5, residual_gate: bool = True,
-                 temperature: float = 0.05, dropout: float = 0.0):
+                 temperature: float = 0.05, dropout: float = 0.0, threshold_init: float = 0.0):
         super().__init__(d_model, n_experts, hidden, dropout)
         self.lam = lam
+        self.threshold_init = threshold_init
         self.temperature = temperature
         self.prior = nn.Linear(n_experts, n_experts, bias=False) if residual_gate else None
-        self.threshold = nn.Parameter(torch.zeros(n_experts))  # w_e; theta_e = sigmoid(w_e)
+        self.threshold = nn.Parameter(torch.full((n_experts,), float(threshold_init)))  # w_e; theta_e = sigmoid(w_e)
 
     def gate_logits(self, x: torch.Tensor, prior_logits: torch.Tensor | None) -> torch.Tensor:
         logits = self.gate(x)
@@ -265,8 +279,9 @@ class DGMoE(_RoutedFFN):
         logits = self.gate_logits(flat, prior_flat)
         scores = logits.float().softmax(-1)
         hard, weights = self.route(scores)
-        token_idx, expert_idx = hard.nonzero(as_tuple=True)
-        y, counts = dispatch_to_experts(flat, self.experts, token_idx, expert_idx, weights[token_idx, expert_idx])
+        counts = hard.sum(0)
+        expert_idx, token_idx = hard.t().nonzero(as_tuple=True)  # expert-major: already grouped by expert
+        y = dispatch_grouped(flat, self.experts, token_idx, weights[token_idx, expert_idx], counts)
         self._record(counts, flat.shape[0])
         aux = load_balance_loss(scores, hard)
         return FFNOutput(y.reshape(shape), logits.reshape(*shape[:-1], -1), aux)
@@ -279,10 +294,10 @@ class DGMoE(_RoutedFFN):
 
 def build_ffn(kind: str, d_model: int, n_experts: int, expert_hidden: int, *, dense_hidden: int,
               shared_hidden: int, top_k: int, lam: float, residual_gate: bool, temperature: float,
-              dropout: float) -> ExpertFFN:
+              dropout: float, threshold_init: float = 0.0) -> ExpertFFN:
     """The FFN of one block, by config kind (dgmoe | adamoe | topk | dense)."""
     if kind == "dgmoe":
-        return DGMoE(d_model, n_experts, expert_hidden, lam, residual_gate, temperature, dropout)
+        return DGMoE(d_model, n_experts, expert_hidden, lam, residual_gate, temperature, dropout, threshold_init)
     if kind == "adamoe":
         return AdaMoE(d_model, n_experts, expert_hidden, shared_hidden, top_k, dropout)
     if kind == "topk":

@@ -1,0 +1,94 @@
+"""Flower ClientApp of a robot: a thin shell around :func:`fedvla_fed_client.local_round.run_local_round`.
+
+The SuperNode that runs it is started with ``--node-config 'robot-id=... episode-dir=...'``
+(optionally ``policy-dir``, ``base-checkpoint``); the server's ConfigRecord carries the round's
+settings (scope, proximal-mu, train-layers, local-steps, ...; see fedvla_fed_server.strategies).
+
+Before training the app waits for the robot's round gate (written by the fed client node: the
+robot is idle and has new episodes); after training it writes the round report that the node
+publishes as RoundStatus, naming the new local checkpoint for the policy server. A robot that
+is busy or has no data answers with an empty update (num-examples 0) instead of an error reply,
+because error replies have been seen to wedge SuperNodes (flower#4844).
+"""
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedvla_fed_client.local_round import LocalRoundConfig, run_local_round
+from fedvla_fed_client.round_gate import RoundReport, wait_and_take_gate, write_report
+
+log = logging.getLogger("fedvla.client")
+
+app = ClientApp()
+
+
+def _round_config(msg: Message, context: Context) -> tuple[LocalRoundConfig, float]:
+    node = dict(context.node_config)
+    conf = dict(msg.content["config"]) if "config" in msg.content else {}
+    cfg = LocalRoundConfig(
+        episode_dir=str(node.get("episode-dir", "")),
+        policy_dir=str(node.get("policy-dir", "")),
+        robot_id=str(node.get("robot-id", "")),
+        base_checkpoint=str(node.get("base-checkpoint", "") or conf.get("base-checkpoint", "")),
+        model_config=str(conf.get("model-config", "")),
+        server_round=int(conf.get("server-round", 0)),
+        scope=str(conf.get("scope", "trunk")),
+        proximal_mu=float(conf.get("proximal-mu", 0.0)),
+        train_layers=list(conf.get("train-layers", []) or []),
+        local_steps=int(conf.get("local-steps", 20)),
+        batch_size=int(conf.get("batch-size", 8)),
+        learning_rate=float(conf.get("learning-rate", 3e-4)),
+        seed=int(conf.get("seed", 0)),
+        fault_injection=str(node.get("fault-injection", "")),
+    )
+    return cfg, float(conf.get("gate-timeout", 120.0))
+
+
+def _record(arrays: dict) -> ArrayRecord:
+    from flwr.app import Array
+
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One federated round on this robot."""
+    logging.basicConfig(level=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    cfg, gate_timeout = _round_config(msg, context)
+    bytes_down = msg.content["arrays"].count_bytes() if "arrays" in msg.content else 0
+    t0 = time.monotonic()
+    try:
+        wait_and_take_gate(cfg.episode_dir, cfg.server_round, gate_timeout)
+    except TimeoutError as err:
+        log.warning("%s", err)
+        write_report(cfg.episode_dir, RoundReport(server_round=cfg.server_round, state="skipped",
+                                                  bytes_down=bytes_down, message=str(err)))
+        return Message(RecordDict({"arrays": ArrayRecord(), "metrics": MetricRecord(
+            {"num-examples": 0, "bytes-down": bytes_down})}), reply_to=msg)
+    try:
+        global_arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        result = run_local_round(cfg, global_arrays)
+    except Exception as err:  # noqa: BLE001 - report the failure to the robot, send an empty update
+        log.error("local round failed: %s\n%s", err, traceback.format_exc())
+        write_report(cfg.episode_dir, RoundReport(server_round=cfg.server_round, state="failed",
+                                                  bytes_down=bytes_down, message=f"{type(err).__name__}: {err}"))
+        return Message(RecordDict({"arrays": ArrayRecord(), "metrics": MetricRecord(
+            {"num-examples": 0, "bytes-down": bytes_down, "failed": 1})}), reply_to=msg)
+    record = _record(result.upload)
+    bytes_up = record.count_bytes()
+    metrics = dict(result.metrics, **{"bytes-up": bytes_up, "bytes-down": bytes_down,
+                                      "round-client-s": time.monotonic() - t0})
+    scalar = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    write_report(cfg.episode_dir, RoundReport(
+        server_round=cfg.server_round, state="done" if result.upload else "skipped", bytes_up=bytes_up,
+        bytes_down=bytes_down, num_examples=int(metrics.get("num-examples", 0)),
+        num_episodes=int(metrics.get("num-episodes", 0)), episode_ids=result.episode_ids,
+        metrics=scalar, checkpoint=result.checkpoint,
+        message="" if result.upload else "no successful episodes to train on"))
+    return Message(RecordDict({"arrays": record, "metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -1,0 +1,151 @@
+"""Expert FFNs: DGMoE semantics on hand-built scores, real sparsity, counts, and the other kinds."""
+import math
+
+import pytest
+import torch
+
+from fedvla_policy.model.experts import AdaMoE, DenseFFN, DGMoE, TopKMoE, dispatch_to_experts
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def _dgmoe_with_thresholds(thetas, lam=0.5, d=4, hidden=8):
+    """A DGMoE whose gate is the identity, so softmax(gate(log s)) = s exactly."""
+    torch.manual_seed(0)
+    moe = DGMoE(d, n_experts=len(thetas), hidden=hidden, lam=lam, residual_gate=True)
+    with torch.no_grad():
+        moe.gate.weight.copy_(torch.eye(len(thetas)))
+        moe.threshold.copy_(torch.tensor([_logit(t) for t in thetas]))
+    return moe
+
+
+SCORES = torch.tensor([
+    [0.50, 0.30, 0.15, 0.05],  # thresholds 0.25, 0.25, 0.30, 0.30 -> experts 0 and 1
+    [0.24, 0.24, 0.27, 0.25],  # nobody passes -> fallback to expert 2 (best score)
+    [0.05, 0.05, 0.20, 0.70],  # only expert 3
+])
+
+
+def test_dgmoe_route_hand_built_case():
+    # lambda * sigmoid(w_e) = 0.5 * [0.5, 0.5, 0.6, 0.6] = [0.25, 0.25, 0.30, 0.30]
+    moe = _dgmoe_with_thresholds([0.5, 0.5, 0.6, 0.6])
+    hard, weights = moe.route(SCORES)
+    assert hard.tolist() == [[True, True, False, False], [False, False, True, False], [False, False, False, True]]
+    expected = torch.tensor([[0.5 / 0.8, 0.3 / 0.8, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    torch.testing.assert_close(weights.detach(), expected)
+
+
+def test_dgmoe_lambda_scales_the_threshold():
+    moe = _dgmoe_with_thresholds([0.5, 0.5, 0.6, 0.6], lam=1.0)  # thresholds 0.5, 0.5, 0.6, 0.6
+    hard, weights = moe.route(SCORES)
+    # row 0: 0.50 is not > 0.5 -> fallback to expert 0; row 2: 0.70 > 0.6 -> expert 3
+    assert hard.tolist() == [[True, False, False, False], [False, False, True, False], [False, False, False, True]]
+    torch.testing.assert_close(weights.detach().sum(-1), torch.ones(3))
+
+
+def test_dgmoe_forward_output_counts_and_sparsity():
+    moe = _dgmoe_with_thresholds([0.5, 0.5, 0.6, 0.6])
+    x = SCORES[:2].log().requires_grad_(True)  # rows 0 and 1: experts 0, 1, 2 fire; expert 3 gets no token
+    out = moe(x)
+    manual = torch.stack([
+        (0.5 * moe.experts[0](x[0]) + 0.3 * moe.experts[1](x[0])) / 0.8,
+        moe.experts[2](x[1]),
+    ])
+    torch.testing.assert_close(out.y, manual)
+    assert moe.expert_counts() == [1, 1, 1, 0]
+    assert moe.tokens_seen() == 2
+    assert moe.mean_active_experts() == pytest.approx(1.5)
+
+    (out.y.sum() + out.aux_loss).backward()
+    for p in moe.experts[3].parameters():
+        assert p.grad is None  # never called: no token, no compute, no gradient
+    for e in range(3):
+        assert moe.experts[e].w1.weight.grad.abs().sum() > 0
+    assert moe.threshold.grad is not None and moe.threshold.grad.abs().sum() > 0  # thresholds learn (surrogate)
+
+    moe(SCORES[2:].log())
+    assert moe.expert_counts() == [1, 1, 1, 1]
+    assert moe.tokens_seen() == 3
+    moe.reset_stats()
+    assert moe.expert_counts() == [0, 0, 0, 0] and moe.mean_active_experts() == 0.0
+
+
+def test_dgmoe_residual_gate_prior():
+    moe = _dgmoe_with_thresholds([0.5, 0.5, 0.6, 0.6])
+    x = torch.randn(5, 4)
+    prior = torch.randn(5, 4)
+    out = moe(x, prior)
+    torch.testing.assert_close(out.gate_logits, moe.gate(x) + moe.prior(prior))
+    # The prior changes the routing: a large prior on expert 3 sends every token there.
+    moe.reset_stats()
+    moe(x, torch.tensor([0.0, 0.0, 0.0, 50.0]).expand(5, 4))
+    assert moe.expert_counts() == [0, 0, 0, 5]
+
+
+def test_dgmoe_without_residual_gate_ignores_prior():
+    torch.manual_seed(0)
+    moe = DGMoE(8, 4, 16, residual_gate=False)
+    x = torch.randn(6, 8)
+    torch.testing.assert_close(moe(x, torch.randn(6, 4) * 100).y, moe(x).y)
+
+
+def test_dispatch_matches_dense_computation():
+    torch.manual_seed(0)
+    moe = TopKMoE(8, 4, 16, top_k=2)
+    x = torch.randn(3, 7, 8)
+    out = moe(x)
+    flat = x.reshape(-1, 8)
+    probs = moe.gate(flat).softmax(-1)
+    top_p, top_i = probs.topk(2, -1)
+    manual = torch.stack([sum(top_p[t, j] * moe.experts[int(top_i[t, j])](flat[t]) for j in range(2))
+                          for t in range(flat.shape[0])])
+    torch.testing.assert_close(out.y.reshape(-1, 8), manual, rtol=1e-5, atol=1e-6)
+    assert sum(moe.expert_counts()) == 2 * 21
+    assert moe.mean_active_experts() == pytest.approx(2.0)
+
+
+def test_dispatch_skips_experts_without_tokens():
+    torch.manual_seed(0)
+    moe = TopKMoE(4, 3, 8, top_k=1)
+    calls = []
+    for e, expert in enumerate(moe.experts):
+        expert.register_forward_hook(lambda mod, inp, out, e=e: calls.append(e))
+    x = torch.randn(5, 4)
+    y, counts = dispatch_to_experts(x, moe.experts, torch.tensor([0, 1, 4]), torch.tensor([2, 0, 2]),
+                                    torch.tensor([1.0, 0.5, 2.0]))
+    assert calls == [0, 2] and counts.tolist() == [1, 0, 2]
+    torch.testing.assert_close(y[2], torch.zeros(4))  # tokens with no expert get nothing
+    torch.testing.assert_close(y[1], 0.5 * moe.experts[0](x[1]))
+
+
+def test_adamoe_decouples_selection_from_weighting():
+    torch.manual_seed(0)
+    moe = AdaMoE(8, 4, 16, shared_hidden=16, top_k=2)
+    torch.nn.init.zeros_(moe.scale_adapter.weight)
+    x = torch.randn(10, 8)
+    out = moe(x)
+    vanilla = TopKMoE(8, 4, 16, top_k=2)
+    vanilla.load_state_dict({k: v for k, v in moe.state_dict().items()
+                             if not k.startswith(("scale_adapter", "shared"))})
+    torch.testing.assert_close(out.y, 0.5 * moe.shared(x) + 0.5 * vanilla(x).y)
+    counts = moe.expert_counts()
+    torch.nn.init.normal_(moe.scale_adapter.weight, std=1.0)
+    moe.reset_stats()
+    out2 = moe(x)
+    assert moe.expert_counts() == counts  # same experts chosen
+    assert not torch.allclose(out2.y, out.y)  # different weights
+
+
+def test_dense_ffn_is_one_expert():
+    ffn = DenseFFN(8, 32)
+    y = ffn(torch.randn(2, 3, 8)).y
+    assert y.shape == (2, 3, 8)
+    assert ffn.expert_counts() == [6] and ffn.mean_active_experts() == 1.0
+
+
+def test_flops_per_token_follow_active_experts():
+    moe = DGMoE(16, 4, 32)
+    assert moe.flops_per_token(1.0) < moe.flops_per_token(2.0)
+    assert TopKMoE(16, 4, 32, top_k=2).flops_per_token() == pytest.approx(moe.flops_per_token(2.0) - 2 * 4 ** 2)  # minus the prior

@@ -1,0 +1,98 @@
+"""The policy server's ROS-free decisions: goal validation, input freshness, budgets, parameters."""
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from fedvla_policy.server_logic import (Frame, JointSample, LatestInputs, ServerConfig, goal_rejection_reason,
+                                        instruction_problem, progress, proprio_vector, step_budget)
+
+CONFIG = Path(__file__).resolve().parents[2] / "src/fedvla_policy/config/policy_server.yaml"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("", "empty"), ("   \t ", "whitespace"), ("x" * 257, "too long"), ("pick\x00up", "non-printable"),
+    ("put the block\nin the bowl", "non-printable"), ("put the red block in the bowl", None),
+    ("öffne die Schublade", None),
+])
+def test_instruction_problems(text, expected):
+    problem = instruction_problem(text, 256)
+    assert (problem is None) if expected is None else (expected in problem)
+
+
+def test_rejection_reasons_in_order():
+    ok = dict(max_length=256, model_loaded=True, missing_cameras=[], have_joint_state=True,
+              goal_running=False, on_new_goal="preempt")
+    assert goal_rejection_reason("go", **ok) is None
+    assert "checkpoint" in goal_rejection_reason("go", **{**ok, "model_loaded": False})
+    assert "wrist" in goal_rejection_reason("go", **{**ok, "missing_cameras": ["wrist"]})
+    assert "joint state" in goal_rejection_reason("go", **{**ok, "have_joint_state": False})
+    assert goal_rejection_reason("go", **{**ok, "goal_running": True}) is None  # preempt
+    assert "running" in goal_rejection_reason("go", **{**ok, "goal_running": True, "on_new_goal": "reject"})
+    assert "empty" in goal_rejection_reason("", **{**ok, "model_loaded": False})  # instruction checked first
+
+
+def _frame(stamp, received):
+    return Frame(np.zeros((2, 2, 3), np.uint8), stamp, received)
+
+
+def test_snapshot_needs_all_cameras_in_sync_and_new():
+    inputs = LatestInputs()
+    cams = ["agentview", "wrist"]
+    assert inputs.snapshot(cams, 0.1) is None
+    inputs.put_joint(JointSample({"a": 1.0}, {}, 10.0))
+    inputs.put_frame("agentview", _frame(100.0, 10.0))
+    assert inputs.missing_cameras(cams) == ["wrist"]
+    assert inputs.snapshot(cams, 0.1) is None
+    inputs.put_frame("wrist", _frame(100.5, 10.5))  # header stamps 0.5 s apart: inconsistent
+    assert inputs.snapshot(cams, 0.1) is None
+    inputs.put_frame("wrist", _frame(100.05, 10.6))
+    snap = inputs.snapshot(cams, 0.1)
+    assert snap is not None and set(snap.images) == set(cams) and snap.newest_frame_received == 10.6
+    assert inputs.snapshot(cams, 0.1, after=10.6) is None  # nothing new since the last step
+
+
+def test_stale_reason_names_the_input():
+    inputs = LatestInputs()
+    inputs.put_frame("agentview", _frame(0.0, 10.0))
+    inputs.put_joint(JointSample({}, {}, 10.0))
+    assert inputs.stale_reason(["agentview"], 10.5, 1.0) is None
+    assert "camera 'agentview'" in inputs.stale_reason(["agentview"], 11.5, 1.0)
+    inputs.put_frame("agentview", _frame(0.0, 11.5))
+    assert "joint states" in inputs.stale_reason(["agentview"], 11.6, 1.0)
+
+
+def test_proprio_order_and_missing_joint():
+    joint = JointSample({"j2": 2.0, "j1": 1.0, "f": 0.03}, {}, 0.0)
+    np.testing.assert_array_equal(proprio_vector(joint, ["j1", "j2"], "f"), np.float32([1.0, 2.0, 0.03]))
+    with pytest.raises(KeyError, match="j3"):
+        proprio_vector(joint, ["j1", "j3"], "f")
+
+
+def test_budget_and_progress():
+    assert step_budget(0, 0.0, 200, 60.0) == (200, 60.0)
+    assert step_budget(5, 2.0, 200, 60.0) == (5, 2.0)
+    assert progress(5, 10, 1.0, 60.0) == pytest.approx(0.5)
+    assert progress(1, 10, 30.0, 60.0) == pytest.approx(0.5)
+    assert progress(20, 10, 0.0, 60.0) == 1.0
+
+
+def test_config_validation_names_the_field():
+    for kwargs, name in [({"control_rate_hz": 0}, "control_rate_hz"), ({"on_new_goal": "queue"}, "on_new_goal"),
+                         ({"camera_topic_template": "cam"}, "camera_topic_template"),
+                         ({"stale_input_timeout_s": -1}, "stale_input_timeout_s")]:
+        with pytest.raises(ValueError, match=name):
+            ServerConfig(**kwargs)
+
+
+def test_yaml_holds_every_parameter_with_its_default():
+    params = yaml.safe_load(CONFIG.read_text())["/**"]["ros__parameters"]
+    defaults = ServerConfig()
+    assert set(params) == {f.name for f in fields(ServerConfig)}
+    for f in fields(ServerConfig):
+        value = params[f.name]
+        if isinstance(value, list):
+            value = [v for v in value if v]
+        assert value == getattr(defaults, f.name), f.name
