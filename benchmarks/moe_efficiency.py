@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src" / "fedvla_policy"))  # runnable from a bare checkout (GPU box)
 
 from fedvla_policy.model import FedVLAConfig, FedVLAPolicy  # noqa: E402
+from fedvla_policy.model import experts as experts_module  # noqa: E402
 from fedvla_policy.training import TrainConfig, collate_samples, train  # noqa: E402
 
 KINDS = ("dgmoe", "adamoe", "topk", "dense")
@@ -81,7 +82,8 @@ def config_for(kind: str, args, base: dict) -> FedVLAConfig:
     """Equal total trunk parameters: dense = K * h; AdaMoE's K routed + 1 shared expert get K*h/(K+1) each."""
     k, h = args.n_experts, args.expert_hidden
     kw = dict(base, ffn_kind=kind, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
-              n_experts=k, expert_hidden=h, top_k=2, use_iosp=not args.no_iosp)
+              n_experts=k, expert_hidden=h, top_k=2, use_iosp=not args.no_iosp,
+              dgmoe_threshold_init=args.dgmoe_threshold_init)
     if kind == "adamoe":
         kw["expert_hidden"] = kw["shared_expert_hidden"] = round(k * h / (k + 1))
     if kind == "dense":
@@ -106,105 +108,163 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device, iters: int, warmup: int) -> dict:
-    for _ in range(warmup):
-        fn()
+def timed_interleaved(fns: dict[str, callable], device: torch.device, iters: int, warmup: int) -> dict[str, dict]:
+    """Time several functions round-robin (one call each per round), so load drift on a shared machine
+    hits every contender alike. Returns per name: median and p90 in ms."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     sync(device)
-    times = []
+    times = {name: [] for name in fns}
     for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return {"p50_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90)), "iters": iters}
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {n: {"p50_ms": statistics.median(t), "p90_ms": float(np.percentile(t, 90))} for n, t in times.items()}
 
 
-def measure_kind(kind: str, args, device: torch.device, base: dict, train_data: Dataset, eval_data: Dataset) -> list[dict]:
+def autocast_for(device: torch.device, dtype: str):
+    if device.type == "cuda" and dtype == "bf16":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return lambda: torch.autocast(device.type, enabled=False)
+
+
+def prepare_kind(kind: str, args, device: torch.device, base: dict, train_data: Dataset, eval_data: Dataset) -> dict:
+    """Build (and train) one kind; measure its routing on held-out data; return what the timing needs."""
     torch.manual_seed(args.seed)
     cfg = config_for(kind, args, base)
     policy = FedVLAPolicy(cfg)
     train_metrics = None
     if args.train_steps > 0:
         train_metrics = train(policy, train_data, TrainConfig(
-            max_steps=args.train_steps, batch_size=args.train_batch_size, lr=args.lr, warmup=min(50, args.train_steps // 10),
-            device=str(device), seed=args.seed, progress=False, amp=args.dtype == "bf16"))
+            max_steps=args.train_steps, batch_size=args.train_batch_size, lr=args.lr,
+            warmup=min(50, args.train_steps // 10), device=str(device), seed=args.seed, progress=False,
+            amp=args.dtype == "bf16"))
     policy.to(device).eval()
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (device.type == "cuda" and args.dtype == "bf16") \
-        else (lambda: torch.autocast("cpu", enabled=False))
+    amp = autocast_for(device, args.dtype)
 
+    # Mean activated experts on the held-out data.
+    policy.reset_expert_stats()
+    with torch.no_grad(), amp():
+        for start in range(0, len(eval_data), 64):
+            sub = collate_samples([eval_data[i] for i in range(start, min(start + 64, len(eval_data)))])
+            policy.trunk(policy.encode(sub)[0])
+    seqs = {}
+    for bs in args.batch_sizes:
+        batch = collate_samples([eval_data[i % len(eval_data)] for i in range(bs)])
+        with torch.no_grad(), amp():
+            seqs[bs] = policy.encode(batch)[0].detach()
+    trunk = policy.parameter_group("trunk")
+    summary = {
+        "kind": kind,
+        "top_k": cfg.top_k if kind in ("topk", "adamoe") else None,
+        "d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_experts": cfg.n_experts,
+        "expert_hidden": cfg.expert_hidden, "dense_hidden": cfg.resolved_dense_hidden if kind == "dense" else None,
+        "dgmoe_threshold_init": cfg.dgmoe_threshold_init if kind == "dgmoe" else None,
+        "use_iosp": cfg.use_iosp,
+        "params_total": sum(p.numel() for p in policy.parameters()),
+        "params_trunk": sum(p.numel() for p in trunk.values()),
+        "params_trunk_ffn": sum(p.numel() for n, p in trunk.items() if ".ffn." in n),
+        "mean_active_experts": policy.mean_active_experts(),
+        "mean_active_experts_per_layer": [f.mean_active_experts() for f in policy.trunk_ffns()],
+        "iosp_mean_active_experts": policy.iosp_mean_active_experts(),
+        "ffn_flops_per_token": policy.trunk_ffn_flops_per_token(),
+        "train_steps": args.train_steps,
+        "train_data": args.data_label,
+        "train_final_loss": None if train_metrics is None else train_metrics["action_loss"],
+        "train_first_loss": None if train_metrics is None else train_metrics["first_loss"],
+    }
+    print(f"{kind:7s} active={summary['mean_active_experts']:.3f} "
+          f"flops/tok={summary['ffn_flops_per_token'] / 1e6:.2f}M loss={summary['train_final_loss']}", flush=True)
+    return {"policy": policy, "seqs": seqs, "summary": summary, "amp": amp}
+
+
+def trunk_fns(prep: dict, bs: int) -> tuple[callable, callable]:
+    policy, seq, amp = prep["policy"], prep["seqs"][bs], prep["amp"]
+
+    def infer():
+        policy.eval()
+        with torch.no_grad(), amp():
+            policy.trunk(seq)
+
+    def fwd_bwd():
+        policy.train()
+        x = seq.clone().requires_grad_(True)
+        with amp():
+            out, aux = policy.trunk(x)
+            loss = out.float().pow(2).mean() + aux
+        loss.backward()
+        policy.zero_grad(set_to_none=True)
+
+    return infer, fwd_bwd
+
+
+def with_dispatch(fn: callable, mode: str) -> callable:
+    def run():
+        experts_module.DISPATCH = mode
+        fn()
+    return run
+
+
+def measure_all(preps: dict[str, dict], args, device: torch.device) -> list[dict]:
     rows = []
     for bs in args.batch_sizes:
-        idx = [i % len(eval_data) for i in range(bs)]
-        batch = collate_samples([eval_data[i] for i in idx])
-        with torch.no_grad(), amp():
-            seq, _ = policy.encode(batch)
-        seq = seq.detach()
-
-        # Mean activated experts on held-out data (the whole eval set, in batches of bs).
-        policy.reset_expert_stats()
-        with torch.no_grad(), amp():
-            for start in range(0, len(eval_data), bs):
-                sub = collate_samples([eval_data[i] for i in range(start, min(start + bs, len(eval_data)))])
-                policy.trunk(policy.encode(sub)[0])
-        active = policy.mean_active_experts()
-        per_layer = [f.mean_active_experts() for f in policy.trunk_ffns()]
-        iosp_active = policy.iosp_mean_active_experts()
-        flops = policy.trunk_ffn_flops_per_token()
-
-        def infer():
-            with torch.no_grad(), amp():
-                policy.trunk(seq)
-
-        def fwd_bwd():
-            x = seq.clone().requires_grad_(True)
-            with amp():
-                out, aux = policy.trunk(x)
-                loss = out.float().pow(2).mean() + aux
-            loss.backward()
-            policy.zero_grad(set_to_none=True)
-
-        policy.eval()
-        inference = timed(infer, device, args.iters, args.warmup)
-        policy.train()
-        training = timed(fwd_bwd, device, args.iters, args.warmup)
-        policy.eval()
-
-        trunk_params = sum(p.numel() for p in policy.parameter_group("trunk").values())
-        ffn_params = sum(p.numel() for n, p in policy.parameter_group("trunk").items() if ".ffn." in n)
-        rows.append({
-            "device": device.type,
-            "device_name": device_name(device),
-            "threads": torch.get_num_threads() if device.type == "cpu" else None,
-            "dtype": args.dtype,
-            "kind": kind,
-            "top_k": cfg.top_k if kind in ("topk", "adamoe") else None,
-            "batch_size": bs,
-            "tokens_per_sample": seq.shape[1],
-            "d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_experts": cfg.n_experts,
-            "expert_hidden": cfg.expert_hidden, "dense_hidden": cfg.resolved_dense_hidden if kind == "dense" else None,
-            "use_iosp": cfg.use_iosp,
-            "params_total": sum(p.numel() for p in policy.parameters()),
-            "params_trunk": trunk_params,
-            "params_trunk_ffn": ffn_params,
-            "mean_active_experts": active,
-            "mean_active_experts_per_layer": per_layer,
-            "iosp_mean_active_experts": iosp_active,
-            "ffn_flops_per_token": flops,
-            "trunk_inference_ms": inference["p50_ms"],
-            "trunk_inference_p90_ms": inference["p90_ms"],
-            "trunk_fwd_bwd_ms": training["p50_ms"],
-            "trunk_fwd_bwd_p90_ms": training["p90_ms"],
-            "timed_iters": args.iters,
-            "train_steps": args.train_steps,
-            "train_data": args.data_label,
-            "train_final_loss": None if train_metrics is None else train_metrics["action_loss"],
-            "train_first_loss": None if train_metrics is None else train_metrics["first_loss"],
-            "torch": torch.__version__,
-            "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        })
-        print(f"{kind:7s} bs={bs:4d} active={active:.3f} flops/tok={flops / 1e6:.2f}M "
-              f"infer={inference['p50_ms']:.2f}ms fwd+bwd={training['p50_ms']:.2f}ms", flush=True)
+        fns = {}
+        for kind, prep in preps.items():
+            infer, fwd_bwd = trunk_fns(prep, bs)
+            for mode in args.dispatch:
+                fns[(kind, mode, "infer")] = with_dispatch(infer, mode)
+                fns[(kind, mode, "fwd_bwd")] = with_dispatch(fwd_bwd, mode)
+        res = timed_interleaved(fns, device, args.iters, args.warmup)
+        for kind, prep in preps.items():
+            for mode in args.dispatch:
+                inf, trn = res[(kind, mode, "infer")], res[(kind, mode, "fwd_bwd")]
+                rows.append({
+                    "device": device.type, "device_name": device_name(device),
+                    "threads": torch.get_num_threads() if device.type == "cpu" else None,
+                    "dtype": args.dtype, "dispatch": mode, "batch_size": bs,
+                    "tokens_per_sample": prep["seqs"][bs].shape[1], **prep["summary"],
+                    "trunk_inference_ms": inf["p50_ms"], "trunk_inference_p90_ms": inf["p90_ms"],
+                    "trunk_fwd_bwd_ms": trn["p50_ms"], "trunk_fwd_bwd_p90_ms": trn["p90_ms"],
+                    "timed_iters": args.iters, "torch": torch.__version__,
+                    "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                })
+                print(f"{kind:7s} {mode:7s} bs={bs:4d} infer={inf['p50_ms']:.2f}ms fwd+bwd={trn['p50_ms']:.2f}ms",
+                      flush=True)
+    experts_module.DISPATCH = args.dispatch[0]
     return rows
+
+
+def check_dispatch(device: torch.device, dtype: str) -> dict:
+    """Max |difference| between the loop and grouped-GEMM dispatch (outputs and gradients) on this device."""
+    from fedvla_policy.model.experts import DGMoE, TopKMoE
+
+    amp = autocast_for(device, dtype)
+    result = {}
+    for cls in (DGMoE, TopKMoE):
+        torch.manual_seed(0)
+        moe = cls(256, 4, 512).to(device)
+        x = torch.randn(4096, 256, device=device)
+        outs = {}
+        for mode in ("loop", "grouped"):
+            experts_module.DISPATCH = mode
+            moe.zero_grad(set_to_none=True)
+            with amp():
+                y = moe(x).y
+            y.float().square().mean().backward()
+            outs[mode] = (y.detach().float(), {n: p.grad for n, p in moe.named_parameters() if p.grad is not None})
+        (y_loop, g_loop), (y_grp, g_grp) = outs["loop"], outs["grouped"]
+        result[cls.__name__] = {
+            "max_abs_output_diff": float((y_loop - y_grp).abs().max()),
+            "output_scale": float(y_loop.abs().max()),
+            "max_rel_grad_diff": max(float((g_loop[n] - g_grp[n]).abs().max() / g_loop[n].abs().max().clamp_min(1e-12))
+                                     for n in g_loop),
+            "same_grad_params": sorted(g_loop) == sorted(g_grp),
+        }
+    print("dispatch check:", json.dumps(result), flush=True)
+    return result
 
 
 def measure_act(args, device: torch.device, base: dict) -> dict:
@@ -215,37 +275,41 @@ def measure_act(args, device: torch.device, base: dict) -> dict:
     obs = {"images": {c: rng.integers(0, 256, (policy.config.image_size,) * 2 + (3,), dtype=np.uint8)
                       for c in policy.config.camera_names},
            "instruction": "put the red block in the bowl", "proprio": rng.normal(size=policy.config.proprio_dim)}
-    res = timed(lambda: policy.act(obs), device, max(args.iters, 30), 3)
+    res = timed_interleaved({"act": lambda: policy.act(obs)}, device, max(args.iters, 30), 3)["act"]
     return {"device": device.type, "device_name": device_name(device), "config": "default (dgmoe, IOSP on)",
-            "act_p50_ms": res["p50_ms"], "act_p90_ms": res["p90_ms"], "calls": res["iters"],
+            "act_p50_ms": res["p50_ms"], "act_p90_ms": res["p90_ms"], "calls": max(args.iters, 30),
             "torch": torch.__version__, "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def ratios(rows: list[dict]) -> list[dict]:
+    """dgmoe / top-2 ratios for each group of rows measured under the same conditions."""
+    group = ("device", "device_name", "batch_size", "dtype", "dispatch", "d_model", "n_layers")
     out = []
-    keys = {(r["device"], r["device_name"], r["batch_size"]) for r in rows}
-    for key in sorted(keys, key=str):
-        by_kind = {r["kind"]: r for r in rows if (r["device"], r["device_name"], r["batch_size"]) == key}
-        if "dgmoe" in by_kind and "topk" in by_kind:
-            d, t = by_kind["dgmoe"], by_kind["topk"]
-            out.append({"device": key[0], "device_name": key[1], "batch_size": key[2],
-                        "dgmoe_mean_active_experts": d["mean_active_experts"],
-                        "dgmoe_over_top2_inference": d["trunk_inference_ms"] / t["trunk_inference_ms"],
-                        "dgmoe_over_top2_fwd_bwd": d["trunk_fwd_bwd_ms"] / t["trunk_fwd_bwd_ms"],
-                        "dgmoe_over_top2_ffn_flops": d["ffn_flops_per_token"] / t["ffn_flops_per_token"],
-                        "targets": {"active_experts_max": 1.5, "h100_latency_ratio_max": 0.75}})
+    for d in (r for r in rows if r["kind"] == "dgmoe"):
+        same = [r for r in rows if r["kind"] == "topk" and all(r.get(k) == d.get(k) for k in group)]
+        if not same:
+            continue
+        t = same[-1]
+        out.append({**{k: d.get(k) for k in group}, "dgmoe_threshold_init": d.get("dgmoe_threshold_init"),
+                    "dgmoe_mean_active_experts": d["mean_active_experts"],
+                    "dgmoe_over_top2_inference": d["trunk_inference_ms"] / t["trunk_inference_ms"],
+                    "dgmoe_over_top2_fwd_bwd": d["trunk_fwd_bwd_ms"] / t["trunk_fwd_bwd_ms"],
+                    "dgmoe_over_top2_ffn_flops": d["ffn_flops_per_token"] / t["ffn_flops_per_token"],
+                    "targets": {"active_experts_max": 1.5, "h100_latency_ratio_max": 0.75}})
     return out
 
 
 def merge(path: Path, new_rows: list[dict], act: dict | None) -> dict:
     data = json.loads(path.read_text()) if path.exists() else {}
-    same = lambda r, n: all(r.get(k) == n.get(k) for k in ("device", "device_name", "kind", "batch_size", "dtype"))
+    key = ("device", "device_name", "kind", "batch_size", "dtype", "dispatch", "dgmoe_threshold_init", "d_model")
+    same = lambda r, n: all(r.get(k) == n.get(k) for k in key)
     rows = [r for r in data.get("rows", []) if not any(same(r, n) for n in new_rows)] + new_rows
     acts = data.get("act_latency", [])
     if act is not None:
         acts = [a for a in acts if (a["device"], a["device_name"]) != (act["device"], act["device_name"])] + [act]
     return {"description": "FedVLA trunk MoE efficiency at equal total parameters; written by benchmarks/moe_efficiency.py",
-            "rows": rows, "ratios": ratios(rows), "act_latency": acts}
+            "rows": rows, "ratios": ratios(rows), "act_latency": acts,
+            "dispatch_checks": data.get("dispatch_checks", {})}
 
 
 def main(argv=None) -> int:
@@ -269,6 +333,11 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5, help="Untimed warm-up iterations (default: 5).")
     p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (default: 1; stable on a shared box).")
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="Autocast dtype (default: fp32 cpu, bf16 cuda).")
+    p.add_argument("--dispatch", nargs="+", default=None, choices=["auto", "loop", "grouped"],
+                   help="Expert dispatch(es) to time: per-expert loop, grouped GEMM, auto (grouped on Hopper + bf16). "
+                        "Default: loop on cpu; loop and grouped on cuda.")
+    p.add_argument("--dgmoe-threshold-init", type=float, default=0.0,
+                   help="DGMoE initial threshold logit w_e (0: theta = 0.5). Recorded in the rows.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the models and the data.")
     p.add_argument("--output", default=str(RESULTS), help="JSON file to merge the rows into.")
     args = p.parse_args(argv)
@@ -309,18 +378,22 @@ def main(argv=None) -> int:
         eval_data = ReachingTask(max(args.batch_sizes[0], 64), probe, seed=args.seed + 1)
         args.data_label = f"synthetic reaching task ({args.samples} samples)"
 
-    rows = []
-    for kind in args.kinds:
-        rows += measure_kind(kind, args, device, base, train_data, eval_data)
+    args.dispatch = args.dispatch or (["loop", "grouped"] if cuda else ["loop"])
+    experts_module.DISPATCH = args.dispatch[0]  # training and routing statistics use the first
+    preps = {kind: prepare_kind(kind, args, device, base, train_data, eval_data) for kind in args.kinds}
+    rows = measure_all(preps, args, device)
     act = measure_act(args, device, base)
+    check = check_dispatch(device, args.dtype) if "grouped" in args.dispatch else None
     print(f"act() p50 {act['act_p50_ms']:.1f} ms on {act['device_name']}")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = merge(out, rows, act)
+    if check is not None:
+        result.setdefault("dispatch_checks", {})[device_name(device)] = check
     out.write_text(json.dumps(result, indent=2))
     for r in result["ratios"]:
         if r["device"] == args.device:
-            print(f"{r['device_name']} bs={r['batch_size']}: dgmoe {r['dgmoe_mean_active_experts']:.2f} experts/token, "
+            print(f"{r['device_name']} {r['dispatch']} bs={r['batch_size']}: dgmoe {r['dgmoe_mean_active_experts']:.2f} experts/token, "
                   f"latency vs top-2: inference {r['dgmoe_over_top2_inference']:.2f}x, "
                   f"fwd+bwd {r['dgmoe_over_top2_fwd_bwd']:.2f}x, FLOPs {r['dgmoe_over_top2_ffn_flops']:.2f}x")
     print(f"wrote {out}")

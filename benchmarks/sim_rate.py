@@ -10,8 +10,10 @@ like-for-like comparison), at 128x128 by default:
 - expert_control_steps_per_s_2cams (Panda): the same with the scripted expert's IK in the loop.
 
 Actions are a recorded expert trajectory replayed in a loop, so the arm really moves.
+With --expert-seeds N it also records every task's scripted-expert success rate over seeds
+0..N-1 (no rendering), the numbers the issue's closing note asks for.
 Writes benchmarks/results/sim_rate.json.
-    MUJOCO_GL=egl python benchmarks/sim_rate.py [--size 128] [--seconds 5]
+    MUJOCO_GL=egl python benchmarks/sim_rate.py [--size 128] [--seconds 5] [--expert-seeds 50]
 """
 from __future__ import annotations
 
@@ -128,6 +130,35 @@ def bench_metaworld(size: int, seconds: float, task: str) -> dict:
             "control_steps_per_s_3cams": round(three, 1), "control_steps_per_s_2cams": round(two, 1)}
 
 
+def expert_success(seeds: int, metaworld_seeds: int) -> dict:
+    """Scripted-expert success rate of every task (Panda over `seeds` seeds, Meta-World over `metaworld_seeds`)."""
+    from fedvla_sim.env import PandaTabletopEnv
+    from fedvla_sim.experts import rollout_expert
+    from fedvla_sim.metaworld_env import METAWORLD_TASKS, MetaWorldEnv, rollout_metaworld_expert
+    from fedvla_sim.tasks import TASKS
+
+    out = {"panda": {}, "metaworld": {}}
+    for name in TASKS:
+        env = PandaTabletopEnv(name, 0, render=False)
+        ok = []
+        for seed in range(seeds):
+            env.reset(seed)
+            ok.append(rollout_expert(env)["success"])
+        out["panda"][name] = {"seeds": seeds, "success_rate": sum(ok) / seeds,
+                              "failed_seeds": [s for s, good in enumerate(ok) if not good]}
+        print(name, out["panda"][name])
+    for name in METAWORLD_TASKS:
+        env = MetaWorldEnv(name, 0, render=False)
+        ok = []
+        for seed in range(metaworld_seeds):
+            env.reset(seed)
+            ok.append(rollout_metaworld_expert(env)["success"])
+        out["metaworld"][name] = {"seeds": metaworld_seeds, "success_rate": sum(ok) / metaworld_seeds,
+                                  "failed_seeds": [s for s, good in enumerate(ok) if not good]}
+        print(name, out["metaworld"][name])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=128, help="Camera height and width, pixels.")
@@ -135,6 +166,10 @@ def main() -> None:
     parser.add_argument("--panda-task", default="put_red_block_in_bowl", help="Panda task to time.")
     parser.add_argument("--metaworld-task", default="door-lock", help="Meta-World task to time.")
     parser.add_argument("--out", default=str(RESULT), help="Output JSON path.")
+    parser.add_argument("--expert-seeds", type=int, default=0,
+                        help="Also measure expert success over this many seeds per Panda task (0: skip).")
+    parser.add_argument("--metaworld-expert-seeds", type=int, default=20,
+                        help="Seeds per Meta-World task for the expert success rate (with --expert-seeds).")
     args = parser.parse_args()
 
     panda = bench_panda(args.size, args.seconds, args.panda_task)
@@ -152,6 +187,8 @@ def main() -> None:
         "panda": panda,
         "metaworld": metaworld,
     }
+    if args.expert_seeds > 0:
+        result["expert_success"] = expert_success(args.expert_seeds, args.metaworld_expert_seeds)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -102,7 +102,7 @@ def test_tls_auth_round_nan_rejected_unregistered_refused_restart_resumes(tmp_pa
         # The SuperLink crashes and comes back on the same database; the run resumes at round 2.
         link.kill()
         link.start()
-        run_config.update({"num-server-rounds": 2, "round-timeout": 60.0})
+        run_config.update({"num-server-rounds": 2, "round-timeout": 30.0})
         run_id = link.submit(run_config)
         os.killpg(sups[1].status.pid, signal.SIGKILL)  # a robot's SuperNode dies during the round
         wait_for(lambda: sups[1].poll().restarts >= 1 and sups[1].running, 30, what="supervisor restart")

@@ -164,3 +164,40 @@ def test_end_effector_chunk_goes_through_ik_and_time_parameterization():
     assert_within_limits(traj, limits, CFG)
     with pytest.raises(MotionRejected, match="pose columns"):
         backend.plan(start, np.zeros((2, 5)))
+
+
+def test_stop_trajectory_brakes_smoothly_within_limits_and_ends_at_rest():
+    from fedvla_policy.motion import stop_trajectory
+
+    vel = np.array([1.0, -0.5, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0])
+    names = list(PANDA_LIMITS.names) + ["panda_finger_joint1"]
+    traj = stop_trajectory(np.r_[HOME, 0.03], vel, names, PANDA_LIMITS, CFG, hold_s=0.2, deceleration_scale=0.2)
+    assert np.allclose(traj.velocities[-1], 0.0) and np.allclose(traj.velocities[-2], 0.0, atol=1e-9)
+    assert np.allclose(traj.velocities[0, :7], vel[:7])
+    assert np.all(traj.positions[:, 7] == 0.03)  # the gripper stays
+    # It keeps going the way it moved, and stops after v^2 / (2 a)-ish, never reversing.
+    travel = traj.positions[-1, :7] - HOME
+    assert np.all(np.sign(travel[[0, 1, 3]]) == np.sign(vel[[0, 1, 3]]))
+    assert np.all(np.diff(traj.positions[:, 0]) >= -1e-12)
+    amax = PANDA_LIMITS.max_acceleration * 0.2
+    assert np.all(np.abs(traj.accelerations[:, :7]) <= amax * 1.0001)
+    still = stop_trajectory(np.r_[HOME, 0.03], np.zeros(8), names, PANDA_LIMITS, CFG)
+    assert np.all(still.velocities == 0) and np.all(still.positions == np.r_[HOME, 0.03])
+
+
+def test_reference_tracker_plans_from_the_setpoint_not_the_lagging_arm():
+    from fedvla_policy.server_logic import ReferenceTracker
+
+    tracker = ReferenceTracker(max_deviation=0.15)
+    measured, vel = HOME.copy(), np.zeros(7)
+    assert tracker.state(0.0, measured, vel)[0] is measured  # nothing sent yet: measured
+    traj = PlannedTrajectory(list(PANDA_LIMITS.names), np.array([0.0, 1.0]), np.vstack([HOME, HOME + 0.1]),
+                             np.vstack([np.full(7, 0.1), np.full(7, 0.1)]), np.zeros((2, 7)))
+    tracker.record(traj, sent_at=10.0)
+    pos, v = tracker.state(10.5, HOME + 0.02, vel)  # the arm lags the setpoint HOME + 0.05
+    np.testing.assert_allclose(pos, HOME + 0.05)
+    np.testing.assert_allclose(v, 0.1)
+    pos, v = tracker.state(12.0, HOME + 0.1, vel)  # finished: its last point, at rest
+    np.testing.assert_allclose(pos, HOME + 0.1) and np.testing.assert_allclose(v, 0.0)
+    pos, _ = tracker.state(10.5, HOME + 0.5, vel)  # the arm is somewhere else entirely: trust it
+    np.testing.assert_allclose(pos, HOME + 0.5)

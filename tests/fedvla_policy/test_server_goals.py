@@ -5,6 +5,8 @@ controller would get, and run without rendering. test_server_sim.py drives the r
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -235,7 +237,8 @@ def test_out_of_limit_chunks_are_clipped_or_rejected_and_a_dead_camera_aborts(pr
     assert arm, "no trajectory reached the controller"
     assert all(points_within_limits(t) for t in robot.trajectories)
     j4 = arm[-1].joint_names.index("panda_joint4")
-    assert arm[-1].points[-1].positions[j4] == pytest.approx(PANDA_LIMITS.upper[3], abs=1e-6)
+    highest = max(p.positions[j4] for t in arm for p in t.points)
+    assert highest == pytest.approx(PANDA_LIMITS.upper[3], abs=1e-6)  # the target, clipped to the limit
     assert "position limit clipped on panda_joint4" in processes.log(server)
 
     swap = robot.call(LoadCheckpoint, "policy_server/load_checkpoint", LoadCheckpoint.Request(path=ckpt_far))
@@ -258,4 +261,15 @@ def test_out_of_limit_chunks_are_clipped_or_rejected_and_a_dead_camera_aborts(pr
     assert run.status_name == "aborted"
     assert "camera 'wrist'" in run.result.reason and run.result.reason.startswith("stale_input"), run.result.reason
     assert time.monotonic() - t_stop < 3.0
+
+    # `fedvla goal`: live progress lines, then the result; a rejected goal prints the reason.
+    robot.camera_on["wrist"] = True
+    time.sleep(0.5)
+    cli = [sys.executable, "-c", "import sys; from fedvla_policy.goal_client import main_goal; sys.exit(main_goal())"]
+    done = subprocess.run(cli + ["reach up", "--max-steps", "3"], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 1, done.stdout + done.stderr  # ended, but not a task success
+    assert "step    3" in done.stdout and "%" in done.stdout, done.stdout
+    assert "result: aborted  success=False  steps=3  reason='max_steps'" in done.stdout, done.stdout
+    done = subprocess.run(cli + ["   "], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 2 and "goal rejected: instruction is only whitespace" in done.stderr, done.stderr
     assert server.poll() is None

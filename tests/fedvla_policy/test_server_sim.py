@@ -72,17 +72,21 @@ def test_goal_moves_the_sim_arm_and_cancel_holds_it(processes, tmp_path, rclpy_c
             assert "camera" in run.rejection_reason or "joint" in run.rejection_reason, run.rejection_reason
             time.sleep(0.5)
         assert run is not None and run.accepted, processes.log(server)
-        # Cancel while the arm moves: it holds still within 1 s.
+        # Cancel while the arm moves: it brakes and holds still within 1 s. "Still": velocities under
+        # 0.2 rad/s (the arm was moving at ~1 rad/s; the sim's position servos ring a little after a
+        # stop) and the arm no longer travels (positions within 0.03 rad).
         assert wait_for(lambda: len([f for f in run.feedback if f.phase == "running"]) >= 3, 20.0)
         assert client.cancel(run)
         t_cancel = time.monotonic()
         moving = watcher.between(t_cancel - 0.3, t_cancel)
-        assert max(np.abs(v).max() for _, _, v in moving) > 0.05, "the arm was not moving when canceled"
+        assert max(np.abs(v).max() for _, _, v in moving) > 0.5, "the arm was not moving when canceled"
         assert run.wait(10.0) and run.status_name == "canceled" and run.result.reason == "canceled"
         time.sleep(1.5)
         settled = watcher.between(t_cancel + 1.0, t_cancel + 1.5)
         assert settled, "no joint states after the cancel"
-        assert max(np.abs(v).max() for _, _, v in settled) < 0.05, [np.abs(v).max() for _, _, v in settled]
+        assert max(np.abs(v).max() for _, _, v in settled) < 0.2, [np.abs(v).max() for _, _, v in settled]
+        positions = np.array([q for _, q, _ in settled])
+        assert np.ptp(positions, axis=0).max() < 0.03, np.ptp(positions, axis=0)
 
         # A goal with a step limit: feedback every step, then the result; the arm ends up moved.
         run = client.run("turn to the left", max_steps=8, timeout=60.0)

@@ -70,7 +70,7 @@ def test_tiny_model_overfits_tiny_dataset():
     policy = tiny_policy()
     ds = TinyEpisodes()
     evals = []
-    metrics = train(policy, ds, TrainConfig(max_steps=250, batch_size=8, lr=2e-3, warmup=10, seed=0,
+    metrics = train(policy, ds, TrainConfig(max_steps=250, batch_size=8, lr=2e-3, warmup=10, seed=0, device="cpu",
                                             eval_every=100, progress=False, loss_window=5),
                     eval_hook=lambda p, step: evals.append(step) or {"training": float(p.training)})
     assert metrics["steps"] == 250 and metrics["num_examples"] == 8 and metrics["samples_seen"] == 2000
@@ -92,7 +92,7 @@ def test_fedprox_keeps_the_trunk_near_the_reference():
     for mu in (0.0, 100.0):
         policy = tiny_policy(seed=1)
         reference = policy.export_trunk()
-        train(policy, ds, TrainConfig(max_steps=30, batch_size=4, lr=3e-3, progress=False, prox_mu=mu),
+        train(policy, ds, TrainConfig(max_steps=30, batch_size=4, lr=3e-3, progress=False, prox_mu=mu, device="cpu"),
               reference_trunk=reference)
         drift[mu] = sum(float((t - reference[n]).pow(2).sum()) for n, t in policy.export_trunk().items())
     assert drift[100.0] < 0.5 * drift[0.0]
@@ -103,7 +103,7 @@ def test_fedprox_keeps_the_trunk_near_the_reference():
 def test_trainable_groups_freeze_everything_else():
     policy = tiny_policy(kind="topk", seed=2)
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
-    train(policy, TinyEpisodes(), TrainConfig(max_steps=5, batch_size=4, lr=1e-2, progress=False),
+    train(policy, TinyEpisodes(), TrainConfig(max_steps=5, batch_size=4, lr=1e-2, progress=False, device="cpu"),
           trainable_groups=[1, "head"])
     changed = {n for n, p in policy.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed, "nothing trained"

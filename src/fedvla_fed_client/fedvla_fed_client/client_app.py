@@ -44,6 +44,7 @@ def _round_config(msg: Message, context: Context) -> tuple[LocalRoundConfig, flo
         batch_size=int(conf.get("batch-size", 8)),
         learning_rate=float(conf.get("learning-rate", 3e-4)),
         seed=int(conf.get("seed", 0)),
+        upload_dtype=str(conf.get("upload-dtype", "float32")),
         fault_injection=str(node.get("fault-injection", "")),
     )
     return cfg, float(conf.get("gate-timeout", 120.0))

@@ -50,6 +50,7 @@ class LocalRoundConfig:
     batch_size: int = field(default=8, metadata={"help": "Local batch size."})
     learning_rate: float = field(default=3e-4, metadata={"help": "Local learning rate."})
     seed: int = field(default=0, metadata={"help": "Base seed (the round number is added)."})
+    upload_dtype: str = field(default="float32", metadata={"help": "float32 weights, or float16 deltas to the global model."})
     keep_rounds: int = field(default=2, metadata={"help": "Local policy rounds kept on disk."})
     fault_injection: str = field(default="", metadata={"help": "Chaos testing only: 'nan' corrupts the upload."})
 
@@ -62,6 +63,8 @@ class LocalRoundConfig:
             raise ValueError(f"LocalRoundConfig.proximal_mu: must be >= 0 (got {self.proximal_mu})")
         if self.local_steps < 0 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("LocalRoundConfig.local_steps/batch_size/learning_rate: must be >= 0 / >= 1 / > 0")
+        if self.upload_dtype not in ("float32", "float16"):
+            raise ValueError(f"LocalRoundConfig.upload_dtype: float32 or float16 (got {self.upload_dtype!r})")
         if self.keep_rounds < 1:
             raise ValueError(f"LocalRoundConfig.keep_rounds: must be >= 1 (got {self.keep_rounds})")
         if self.fault_injection not in ("", "nan"):
@@ -208,6 +211,9 @@ def run_local_round(cfg: LocalRoundConfig, global_arrays: Mapping[str, np.ndarra
     stats = train(policy, dataset, tcfg, reference_trunk=reference, trainable_groups=trainable)
     policy.to("cpu")
     upload = tensors_to_upload(policy, cfg.scope, cfg.train_layers)
+    if cfg.upload_dtype == "float16":  # deltas are small, so half precision loses little and halves the bytes
+        upload = {k: (v.astype(np.float64) - np.asarray(global_arrays[k], np.float64)).astype(np.float16)
+                  if k in global_arrays else v for k, v in upload.items()}
     if cfg.fault_injection == "nan":
         first = next(iter(upload))
         upload[first] = upload[first].copy()
@@ -223,6 +229,7 @@ def run_local_round(cfg: LocalRoundConfig, global_arrays: Mapping[str, np.ndarra
         "train-time-s": float(stats["wall_time_s"]),
         "mean-active-experts": float(stats["mean_active_experts"]),
         "load-s": load_s,
+        "upload-delta": int(cfg.upload_dtype == "float16"),
     }
     for layer, counts in enumerate(stats["expert_counts"]):
         metrics[f"expert-counts.{layer}"] = [int(v) for v in counts]

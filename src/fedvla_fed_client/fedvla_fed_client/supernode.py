@@ -161,8 +161,15 @@ class SuperNodeSupervisor:
             self._log_offset = self.log_path.stat().st_size
         out = self._log_file if self._log_file is not None else subprocess.DEVNULL
         self._proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      env={**os.environ, **self.env}, start_new_session=True)
+                                      env=self._environment(), start_new_session=True)
         self.status.state, self.status.pid, self.status.started_at = "running", self._proc.pid, time.time()
+
+    def _environment(self) -> dict[str, str]:
+        """os.environ + extra env, with flower-supernode's folder first on PATH (it spawns flower-superexec)."""
+        env = {**os.environ, **self.env}
+        bin_dir = str(Path(supernode_executable()).parent)
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+        return env
 
     def _kill(self, timeout: float = 10.0) -> int | None:
         proc, self._proc = self._proc, None

@@ -51,6 +51,7 @@ class ServerRunConfig:
     batch_size: int = field(default=8, metadata={"help": "Client batch size."})
     learning_rate: float = field(default=3e-4, metadata={"help": "Client learning rate."})
     seed: int = field(default=0, metadata={"help": "Seed of the initial model and of client sampling."})
+    upload_dtype: str = field(default="float32", metadata={"help": "Client upload: float32 weights, or float16 deltas (half the bytes)."})
     gate_timeout: float = field(default=120.0, metadata={"help": "Seconds a client waits for its robot to be idle."})
 
     def __post_init__(self):
@@ -70,6 +71,7 @@ class ServerRunConfig:
         need(self.local_steps >= 0, "local_steps", "must be >= 0")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
         need(self.learning_rate > 0, "learning_rate", "must be > 0")
+        need(self.upload_dtype in ("float32", "float16"), "upload_dtype", "must be float32 or float16")
         need(self.gate_timeout >= 0, "gate_timeout", "must be >= 0")
         need(bool(self.base_checkpoint) or bool(self.model_config), "base_checkpoint",
              "set base-checkpoint or model-config so the server can build the initial model")
@@ -89,7 +91,7 @@ class ServerRunConfig:
         return {"local-steps": self.local_steps, "batch-size": self.batch_size,
                 "learning-rate": self.learning_rate, "base-checkpoint": self.base_checkpoint,
                 "model-config": self.model_config, "seed": self.seed,
-                "gate-timeout": self.gate_timeout}
+                "gate-timeout": self.gate_timeout, "upload-dtype": self.upload_dtype}
 
 
 def initial_model_arrays(cfg: ServerRunConfig) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:

@@ -225,14 +225,16 @@ def hold_trajectory(current: np.ndarray, joint_names: list[str], duration: float
 
 
 def stop_trajectory(current: np.ndarray, velocity: np.ndarray, joint_names: list[str], limits: JointLimits,
-                    config: MotionConfig, hold_s: float = 0.2) -> PlannedTrajectory:
+                    config: MotionConfig, hold_s: float = 0.2, deceleration_scale: float = 0.2) -> PlannedTrajectory:
     """Brake to a standstill at the (scaled) acceleration limit, then hold (used on cancel and abort).
 
     An instant "hold here" from full speed jolts the arm (and makes position servos ring). This
     brakes every arm joint over one common time T along the current motion, with a smooth
     velocity profile v(t) = v0 (1 - 3u^2 + 2u^3), u = t/T (acceleration starts and ends at 0,
     peaks at 1.5 |v0| / T, so T = 1.5 max|v0| / a_max keeps it within the limit), then holds.
-    Extra entries (the gripper) keep their position.
+    Extra entries (the gripper) keep their position. ``deceleration_scale`` (fraction of the
+    acceleration limits) trades stopping distance for smoothness: a gentle stop (~0.5 s from
+    1 rad/s at 0.2) excites far less ringing in the arm's position servos.
     """
     current = np.asarray(current, dtype=float)
     dof = limits.dof
@@ -240,7 +242,7 @@ def stop_trajectory(current: np.ndarray, velocity: np.ndarray, joint_names: list
     if velocity is not None:
         v0[:dof] = np.clip(np.nan_to_num(np.asarray(velocity, dtype=float)[:dof]),
                            -limits.max_velocity, limits.max_velocity)
-    amax = limits.max_acceleration * config.acceleration_scale
+    amax = limits.max_acceleration * min(config.acceleration_scale, deceleration_scale)
     t_stop = float(np.max(1.5 * np.abs(v0[:dof]) / amax))
     if t_stop < 1e-3:
         return hold_trajectory(current, joint_names, hold_s)
@@ -268,6 +270,26 @@ def _dedupe(waypoints: np.ndarray, min_step: float = 1e-5) -> np.ndarray:
     return waypoints[keep]
 
 
+_CONSTRAINT_CACHE: dict = {}
+
+
+def _toppra_constraints(limits: JointLimits, velocity_scale: float, acceleration_scale: float) -> list:
+    """toppra's joint velocity/acceleration constraints, built once per limits (they do not depend
+    on the path, and building them costs milliseconds)."""
+    import toppra.constraint
+
+    key = (limits.names, limits.max_velocity.tobytes(), limits.max_acceleration.tobytes(),
+           velocity_scale, acceleration_scale)
+    if key not in _CONSTRAINT_CACHE:
+        vmax = limits.max_velocity * velocity_scale
+        amax = limits.max_acceleration * acceleration_scale
+        _CONSTRAINT_CACHE[key] = [
+            toppra.constraint.JointVelocityConstraint(np.stack([-vmax, vmax], axis=1)),
+            toppra.constraint.JointAccelerationConstraint(np.stack([-amax, amax], axis=1)),
+        ]
+    return _CONSTRAINT_CACHE[key]
+
+
 def _time_parameterize(waypoints: np.ndarray, limits: JointLimits, config: MotionConfig,
                        start_velocity: np.ndarray | None, nominal_duration: float):
     """Time-optimal path parameterization (toppra) of a cubic spline through the waypoints.
@@ -277,20 +299,14 @@ def _time_parameterize(waypoints: np.ndarray, limits: JointLimits, config: Motio
     """
     import toppra
     import toppra.algorithm
-    import toppra.constraint
 
     lengths = np.linalg.norm(np.diff(waypoints, axis=0), axis=1)
     ss = np.concatenate([[0.0], np.cumsum(lengths)])
     ss = ss / ss[-1]
     path = toppra.SplineInterpolator(ss, waypoints, bc_type="natural")
-    vmax = limits.max_velocity * config.velocity_scale
-    amax = limits.max_acceleration * config.acceleration_scale
-    constraints = [
-        toppra.constraint.JointVelocityConstraint(np.stack([-vmax, vmax], axis=1)),
-        toppra.constraint.JointAccelerationConstraint(np.stack([-amax, amax], axis=1)),
-    ]
-    gridpoints = np.linspace(0.0, 1.0, int(np.clip(10 * len(ss), 30, 120)))
-    algo = toppra.algorithm.TOPPRA(constraints, path, gridpoints=gridpoints, parametrizer="ParametrizeConstAccel")
+    constraints = _toppra_constraints(limits, config.velocity_scale, config.acceleration_scale)
+    gridpoints = np.linspace(0.0, 1.0, int(np.clip(5 * len(ss), 20, 60)))
+    algo = toppra.algorithm.TOPPRA(constraints, path, gridpoints=gridpoints, parametrizer="ParametrizeSpline")
     sd_start = 0.0
     if start_velocity is not None and np.any(start_velocity):
         tangent = path(0.0, 1)
@@ -400,7 +416,7 @@ class JointSpaceBackend:
             t, q, qd, qdd, frac = result
         positions, velocities, accelerations = q, qd, qdd
         if self.gripper_joint:
-            start_finger = float(current[dof]) if len(current) > dof else float(fingers[0])
+            start_finger = float(np.clip(current[dof], 0.0, self.config.gripper_max)) if len(current) > dof else float(fingers[0])
             finger_path = np.concatenate([[start_finger], fingers])
             finger = np.interp(frac, np.linspace(0.0, 1.0, len(finger_path)), finger_path)
             positions = np.column_stack([q, finger])
@@ -512,7 +528,8 @@ class MoveItBackend(JointSpaceBackend):
         frac = np.linspace(0.0, 1.0, len(t))
         positions, velocities, accelerations = q, qd, qdd
         if self.gripper_joint:
-            start_finger = float(current[self.limits.dof]) if len(current) > self.limits.dof else float(fingers[0])
+            start_finger = (float(np.clip(current[self.limits.dof], 0.0, self.config.gripper_max))
+                            if len(current) > self.limits.dof else float(fingers[0]))
             finger_path = np.concatenate([[start_finger], fingers])
             finger = np.interp(frac, np.linspace(0.0, 1.0, len(finger_path)), finger_path)
             positions = np.column_stack([q, finger])

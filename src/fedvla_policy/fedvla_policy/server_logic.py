@@ -56,6 +56,8 @@ class ServerConfig:
     on_new_goal: str = field(default="preempt", metadata={
         "help": "What a new goal does while one is running: 'preempt' it or be 'reject'ed."})
     hold_duration_s: float = field(default=0.2, metadata={"help": "Length of the hold trajectory sent on cancel/abort."})
+    stop_deceleration_scale: float = field(default=0.2, metadata={
+        "help": "Fraction of the acceleration limits used to brake on cancel/abort (gentler = less ringing)."})
     velocity_scale: float = field(default=0.5, metadata={"help": "Fraction of the joint velocity limits used."})
     acceleration_scale: float = field(default=0.5, metadata={"help": "Fraction of the joint acceleration limits used."})
     reject_margin: float = field(default=0.3, metadata={
@@ -72,6 +74,8 @@ class ServerConfig:
                      "default_time_limit_s", "hold_duration_s", "sample_dt", "gripper_max"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 < self.stop_deceleration_scale <= 1.0:
+            raise ValueError(f"stop_deceleration_scale must be in (0, 1], got {self.stop_deceleration_scale}")
         if self.max_instruction_length < 1:
             raise ValueError(f"max_instruction_length must be >= 1, got {self.max_instruction_length}")
         if self.default_max_steps < 1:
@@ -238,3 +242,41 @@ def step_budget(goal_max_steps: int, goal_time_limit: float, default_steps: int,
 def progress(step: int, max_steps: int, elapsed: float, time_limit: float) -> float:
     """Fraction of the goal's budget used: the larger of the step and time fractions, in [0, 1]."""
     return float(min(1.0, max(step / max(max_steps, 1), elapsed / max(time_limit, 1e-9))))
+
+
+class ReferenceTracker:
+    """Remembers the last trajectory sent to the controller, to plan the next one from its setpoint.
+
+    A joint_trajectory_controller blends each new trajectory from its current *setpoint*. Planning
+    from the measured position instead (which lags the setpoint while the arm moves) would pull
+    the setpoint back at every control step and make the arm shake. The measured state is used
+    when nothing was sent yet, or when the setpoint and the arm disagree by more than
+    ``max_deviation`` (the arm is blocked, or another node moved it).
+    """
+
+    def __init__(self, max_deviation: float = 0.15):
+        self.max_deviation = max_deviation
+        self._traj = None
+        self._t0 = 0.0
+
+    def record(self, traj, sent_at: float) -> None:
+        self._traj, self._t0 = traj, sent_at
+
+    def clear(self) -> None:
+        self._traj = None
+
+    def state(self, now: float, measured_pos: np.ndarray, measured_vel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position, velocity) to plan from at ``now``."""
+        traj = self._traj
+        if traj is None or len(traj.times) == 0 or traj.positions.shape[1] != len(measured_pos):
+            return measured_pos, measured_vel
+        t = now - self._t0
+        if t >= traj.times[-1]:
+            pos, vel = traj.positions[-1].copy(), np.zeros_like(measured_vel)
+        else:
+            t = max(t, 0.0)
+            pos = np.array([np.interp(t, traj.times, traj.positions[:, j]) for j in range(traj.positions.shape[1])])
+            vel = np.array([np.interp(t, traj.times, traj.velocities[:, j]) for j in range(traj.velocities.shape[1])])
+        if np.max(np.abs(pos - measured_pos)) > self.max_deviation:
+            return measured_pos, measured_vel
+        return pos, vel

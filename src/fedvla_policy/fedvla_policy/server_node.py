@@ -49,7 +49,8 @@ from fedvla_msgs.srv import LoadCheckpoint
 from fedvla_policy.image_conversion import image_to_numpy, to_rgb
 from fedvla_policy.motion import (JointLimits, MotionConfig, MotionRejected, PANDA_LIMITS, hold_trajectory,
                                   make_backend, stop_trajectory)
-from fedvla_policy.server_logic import (Frame, JointSample, LatestInputs, ServerConfig, current_positions,
+from fedvla_policy.server_logic import (Frame, JointSample, LatestInputs, ReferenceTracker, ServerConfig,
+                                        current_positions,
                                         goal_rejection_reason, progress, proprio_vector, step_budget)
 
 try:  # optional: a real ros2_control install ships control_msgs
@@ -87,17 +88,22 @@ def expert_usage_layers(policy) -> tuple[list[tuple[list[int], float]], float]:
 
 
 def to_joint_trajectory(traj) -> JointTrajectory:
-    """motion.PlannedTrajectory -> trajectory_msgs/JointTrajectory (stamp 0 = start on arrival)."""
+    """motion.PlannedTrajectory -> trajectory_msgs/JointTrajectory (stamp 0 = start on arrival).
+
+    The point at t = 0 (the measured state the plan started from) is left out: a
+    joint_trajectory_controller blends from its own current setpoint to the first point, and a
+    t = 0 point at the measured position - which lags the setpoint while moving - would make the
+    setpoint jump back at every control step.
+    """
     msg = JointTrajectory()
     msg.joint_names = list(traj.joint_names)
-    for t, q, qd, qdd in zip(traj.times, traj.positions, traj.velocities, traj.accelerations):
-        point = JointTrajectoryPoint()
-        point.positions = [float(x) for x in q]
-        point.velocities = [float(x) for x in qd]
-        point.accelerations = [float(x) for x in qdd]
-        sec = int(t)
-        point.time_from_start = Duration(sec=sec, nanosec=int(round((float(t) - sec) * 1e9)) % 1_000_000_000)
-        msg.points.append(point)
+    keep = slice(1, None) if len(traj.times) > 1 and traj.times[0] <= 0.0 else slice(None)
+    for t, q, qd, qdd in zip(traj.times[keep].tolist(), traj.positions[keep].tolist(),
+                             traj.velocities[keep].tolist(), traj.accelerations[keep].tolist()):
+        nanos = int(round(t * 1e9))
+        msg.points.append(JointTrajectoryPoint(
+            positions=q, velocities=qd, accelerations=qdd,
+            time_from_start=Duration(sec=nanos // 1_000_000_000, nanosec=nanos % 1_000_000_000)))
     return msg
 
 
@@ -130,6 +136,7 @@ class PolicyServer(Node):
         self._frame_waiters: list[Future] = []
         self._waiters_lock = threading.Lock()
         self._camera_subs: dict[str, object] = {}
+        self.reference = ReferenceTracker()
 
         limits = PANDA_LIMITS
         if list(self.cfg.arm_joint_names) != list(PANDA_LIMITS.names):
@@ -334,6 +341,7 @@ class PolicyServer(Node):
                 self._set_policy(*pending)
 
     def _publish_trajectory(self, traj) -> None:
+        self.reference.record(traj, time.monotonic())
         msg = to_joint_trajectory(traj)
         if self._fjt_client is not None and self._fjt_client.server_is_ready():
             self._fjt_client.send_goal_async(FollowJointTrajectory.Goal(trajectory=msg))
@@ -349,9 +357,12 @@ class PolicyServer(Node):
             pos, vel = current_positions(joint, self.cfg.arm_joint_names, self.cfg.gripper_joint)
         except KeyError:
             return
+        pos, vel = self.reference.state(time.monotonic(), pos, vel)
+        if self.cfg.gripper_joint:  # measured finger may sit a hair outside its range
+            pos[-1] = float(np.clip(pos[-1], 0.0, self.cfg.gripper_max))
         if brake:
             traj = stop_trajectory(pos, vel, self.motion.joint_names, self.motion.limits, self.motion.config,
-                                   self.cfg.hold_duration_s)
+                                   self.cfg.hold_duration_s, self.cfg.stop_deceleration_scale)
         else:
             traj = hold_trajectory(pos, self.motion.joint_names, self.cfg.hold_duration_s)
         self._publish_trajectory(traj)
@@ -382,6 +393,7 @@ class PolicyServer(Node):
         horizon = cfg.execute_horizon or None
         if hasattr(policy, "reset"):
             policy.reset()
+        self.reference.clear()
         policy.reset_expert_stats()
         self.get_logger().info(f"goal {episode_id}: {goal.instruction!r} (<= {max_steps} steps, {time_limit:.1f} s)")
 
@@ -447,6 +459,7 @@ class PolicyServer(Node):
                 self.get_logger().error(f"policy.act failed: {exc!r}")
                 return finish("abort", f"policy error: {exc}")
             latency_ms = (time.perf_counter() - t0) * 1e3
+            current, velocity = self.reference.state(time.monotonic(), current, velocity)
             try:
                 traj = self.motion.plan(current, chunk[:horizon], velocity)
             except MotionRejected as exc:

@@ -75,9 +75,11 @@ class PandaTabletopEnv:
     action_names = scene.ARM_JOINTS + ("gripper",)
 
     def __init__(self, task: str | Task = "put_red_block_in_bowl", seed: int = 0, camera_size: int = 128,
-                 camera_names=("agentview", "wrist"), control_dt: float = 0.1, render: bool = True):
+                 camera_names=("agentview", "wrist"), control_dt: float = 0.1, render: bool = True,
+                 visual_meshes: str = "fast"):
         self.config = EnvConfig(camera_size=camera_size, camera_names=tuple(camera_names), control_dt=control_dt)
-        self.model = scene.load_model()
+        # "fast": low-poly robot meshes (12x faster on llvmpipe); "detailed": the original visual meshes.
+        self.model = scene.load_model(visual_meshes=visual_meshes)
         self.data = mujoco.MjData(self.model)
         self.physics_dt = float(self.model.opt.timestep)
         self.substeps = max(1, int(round(self.config.control_dt / self.physics_dt)))

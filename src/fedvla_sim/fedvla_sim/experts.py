@@ -67,6 +67,10 @@ class ScriptedExpert:
         """Duration of a move from the current commanded site position to `goal`."""
         return max(minimum, float(np.linalg.norm(np.asarray(goal) - self._pos)) / SPEED)
 
+    def hold_action(self) -> np.ndarray:
+        """The last commanded action: what to send to stay put once the recipe is finished."""
+        return np.concatenate([self._q, [self._grip]])
+
     # --- stepping ---------------------------------------------------------------------------------
     def act(self) -> np.ndarray | None:
         """The next 8-dim action, or None when the recipe is finished."""
@@ -173,7 +177,7 @@ def rollout_expert(env, max_steps: int | None = None, expert: ScriptedExpert | N
         action = expert.act()
         if action is None:
             if hold is None:
-                hold = np.concatenate([expert._q, [expert._grip]])
+                hold = expert.hold_action()
                 remaining = settle_steps
             if remaining == 0:
                 break

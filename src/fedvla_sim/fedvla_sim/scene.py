@@ -57,14 +57,18 @@ def _include_body(text: str) -> str:
     return match.group(1)
 
 
-def _robot_xml(assets: Path, arm_damping: float, forearm_damping: float) -> tuple[str, str, str]:
+def _robot_xml(assets: Path, arm_damping: float, forearm_damping: float,
+               visual_meshes: str = "fast") -> tuple[str, str, str]:
     """(asset+default block, kinematic chain, actuators) of the Panda, rewritten for this scene."""
     asset_xml = _include_body((assets / "assets.xml").read_text())
     asset_xml = re.sub(r"<compiler[^>]*/>", "", asset_xml)
     asset_xml = re.sub(r"<option[^>]*/>", "", asset_xml)
     asset_xml = re.sub(r"<size[^>]*/>", "", asset_xml)
     asset_xml = asset_xml.replace('file="collision/', f'file="{assets}/meshes/collision/')
-    asset_xml = asset_xml.replace('file="visual/', f'file="{assets}/meshes/visual/')
+    # The visual meshes have ~134k triangles, which llvmpipe rasterises at a third of the speed of the
+    # ~2.5k-triangle collision meshes; at 128x128 the difference is hardly visible, so "fast" uses those.
+    visual_dir = "visual" if visual_meshes == "detailed" else "collision"
+    asset_xml = asset_xml.replace('file="visual/', f'file="{assets}/meshes/{visual_dir}/')
     asset_xml = re.sub(r'(<default class="panda_arm">\s*<joint damping=")[^"]*"', rf'\g<1>{arm_damping}"', asset_xml)
     asset_xml = re.sub(r'(<default class="panda_forearm">\s*<joint damping=")[^"]*"', rf'\g<1>{forearm_damping}"', asset_xml)
     # Fingers: the kitchen model's armature of 5 makes them crawl; keep a modest damping.
@@ -119,14 +123,18 @@ def _bowl_xml() -> str:
     return f'<body name="bowl" pos="0.5 0.2 0"><freejoint name="bowl_joint"/>{"".join(geoms)}</body>'
 
 
-def build_scene_xml(arm_damping: float = 5.0, forearm_damping: float = 2.0, with_objects: bool = True) -> str:
+def build_scene_xml(arm_damping: float = 5.0, forearm_damping: float = 2.0, with_objects: bool = True,
+                    visual_meshes: str = "fast") -> str:
     """The full MJCF of the tabletop scene as a string (meshes referenced by absolute path).
 
     `with_objects=False` gives the robot and table only: the model the IK solver works on, so
-    that its configuration is exactly the robot's joints.
+    that its configuration is exactly the robot's joints. `visual_meshes` is "fast" (the
+    low-poly collision meshes, 3x faster to render on a CPU) or "detailed" (the visual meshes).
     """
+    if visual_meshes not in ("fast", "detailed"):
+        raise ValueError(f"visual_meshes must be 'fast' or 'detailed', got {visual_meshes!r}")
     assets = franka_assets_dir()
-    asset_xml, chain, actuator = _robot_xml(assets, arm_damping, forearm_damping)
+    asset_xml, chain, actuator = _robot_xml(assets, arm_damping, forearm_damping, visual_meshes)
     agent_pos = np.array([1.05, 0.0, 0.55])
     agent_xyaxes = _lookat_xyaxes(agent_pos, np.array([0.45, 0.0, 0.08]))
     objects = "".join(_block_xml(n) for n in OBJECTS if n != "bowl") + _bowl_xml() if with_objects else ""
@@ -156,8 +164,8 @@ def build_scene_xml(arm_damping: float = 5.0, forearm_damping: float = 2.0, with
 """
 
 
-def load_model(with_objects: bool = True):
+def load_model(with_objects: bool = True, visual_meshes: str = "fast"):
     """Compile the scene into a `mujoco.MjModel`."""
     import mujoco
 
-    return mujoco.MjModel.from_xml_string(build_scene_xml(with_objects=with_objects))
+    return mujoco.MjModel.from_xml_string(build_scene_xml(with_objects=with_objects, visual_meshes=visual_meshes))

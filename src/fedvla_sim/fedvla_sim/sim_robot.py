@@ -154,8 +154,8 @@ class SimRobot:
                 if hold_left == 0:
                     break
                 hold_left -= 1
-                action = hold if hold is not None else np.concatenate([expert._q, [expert._grip]])
-                hold = action
+                hold = expert.hold_action() if hold is None else hold
+                action = hold
             send_trajectory(names, [dt], action_to_joint_targets(action)[None])
             steps += 1
             t_next += dt

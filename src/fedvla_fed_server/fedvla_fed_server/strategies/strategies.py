@@ -10,6 +10,9 @@ What a strategy needs to know about the model is a *layout*: ``{tensor name: (la
 None, expert index or None)}`` (``FedVLAPolicy.trunk_layout()``). Clients report per-layer expert
 activation counts in their MetricRecord as ``expert-counts.<layer>`` (a list, one entry per expert).
 
+A client may upload float16 deltas (local - global) instead of float32 weights (``upload-delta`` = 1
+in its metrics); they are turned back into weights before validation and aggregation.
+
 Config sent to clients every round (ConfigRecord): ``server-round``, ``scope`` ("trunk" or "full"),
 ``proximal-mu`` (0 unless FedProx) and ``train-layers`` (FedPart: the layer indices trained
 this round; empty = all).
@@ -146,6 +149,10 @@ class FedVLAFedAvg(FedAvg):
                 metrics = dict(msg.content["metrics"]) if "metrics" in msg.content else {}
                 update = arrays_to_numpy(record)
                 nbytes = record.count_bytes()
+                if metrics.get("upload-delta", 0):  # compressed upload: float16 (local - global) deltas
+                    update = {k: (self.global_arrays[k].astype(np.float64) + d.astype(np.float64)).astype(
+                        self.global_arrays[k].dtype) if k in self.global_arrays and d.shape == self.global_arrays[k].shape
+                        else d for k, d in update.items()}
             except Exception as err:  # noqa: BLE001 - a malformed reply is rejected, never fatal
                 reason = f"malformed reply: {err}"
             else:
@@ -216,6 +223,8 @@ class FedVLAFedAvg(FedAvg):
             vals = [(float(c[2][key]), wn) for c, wn in zip(clients, n) if isinstance(c[2].get(key), (int, float))]
             tot = sum(wn for _, wn in vals)
             out[key] = float(sum(v * wn for v, wn in vals) / tot if tot > 0 else np.mean([v for v, _ in vals]))
+            if key.endswith("-s"):  # timings: the slowest client bounds the round
+                out[f"{key}-max"] = float(max(v for v, _ in vals))
         return MetricRecord(out)
 
 

@@ -10,6 +10,7 @@ receives no token is never called, so it costs nothing and its parameters get no
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -39,6 +40,21 @@ class Expert(nn.Module):
         return 2 * 2 * self.w1.in_features * self.w1.out_features
 
 
+# How routed tokens reach their experts: "loop" runs experts one by one (gather, MLP, scatter-add);
+# "grouped" runs all of them in two grouped GEMMs (torch._grouped_mm); "auto" picks grouped on a
+# Hopper-class GPU under bf16 autocast, where it removes the per-expert kernel chain, else loop.
+DISPATCH = os.environ.get("FEDVLA_MOE_DISPATCH", "auto")
+
+
+def _use_grouped(x: torch.Tensor) -> bool:
+    if DISPATCH == "loop" or not hasattr(torch, "_grouped_mm"):
+        return False
+    if DISPATCH == "grouped":
+        return True
+    return (x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16
+            and torch.cuda.get_device_capability(x.device) >= (9, 0))
+
+
 def dispatch_to_experts(
     x: torch.Tensor,
     experts: nn.ModuleList,
@@ -52,25 +68,51 @@ def dispatch_to_experts(
     """
     order = torch.argsort(expert_idx, stable=True)
     counts = torch.bincount(expert_idx, minlength=len(experts))
-    return dispatch_grouped(x, experts, token_idx[order], weight[order], counts), counts
+    return dispatch_grouped(x, experts, token_idx[order], expert_idx[order], weight[order], counts), counts
 
 
-def dispatch_grouped(x: torch.Tensor, experts: nn.ModuleList, token_idx: torch.Tensor, weight: torch.Tensor,
-                     counts: torch.Tensor) -> torch.Tensor:
+def dispatch_grouped(x: torch.Tensor, experts: nn.ModuleList, token_idx: torch.Tensor, expert_idx: torch.Tensor,
+                     weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Like :func:`dispatch_to_experts` for triples already grouped by expert (counts[e] consecutive triples each).
 
-    Gather the tokens of one expert, run it, scale, scatter-add back. One host sync (the counts)
-    per call, whatever the number of experts.
+    Gather the tokens of each expert, run it, scale, scatter-add back. One host sync (the counts)
+    per call, whatever the number of experts. Experts with no token are left out of the graph.
     """
+    counts_list = counts.tolist()
     y = torch.zeros_like(x)
+    if _use_grouped(x):
+        return _grouped_experts(x, y, experts, token_idx, expert_idx, weight, counts, counts_list)
     start = 0
-    for e, n in enumerate(counts.tolist()):
+    for e, n in enumerate(counts_list):
         if n == 0:
             continue  # no token: the expert is not run and gets no gradient
         idx = token_idx[start:start + n]
         out = experts[e](x.index_select(0, idx)) * weight[start:start + n, None].to(x.dtype)
         y.index_add_(0, idx, out.to(y.dtype))
         start += n
+    return y
+
+
+def _grouped_experts(x, y, experts, token_idx, expert_idx, weight, counts, counts_list):
+    """All experts in two grouped GEMMs over the expert-sorted rows (no per-expert Python loop).
+
+    Weights of experts without tokens enter detached: zero rows cost nothing and they get no gradient.
+    """
+    dtype = torch.get_autocast_dtype("cuda") if (x.is_cuda and torch.is_autocast_enabled("cuda")) else x.dtype
+
+    def stacked(name: str, attr: str) -> torch.Tensor:
+        ts = [getattr(getattr(ex, name), attr) for ex in experts]
+        return torch.stack([t if n else t.detach() for t, n in zip(ts, counts_list)]).to(dtype)
+
+    offs = counts.cumsum(0).to(torch.int32)
+    with torch.autocast(x.device.type, enabled=False):
+        xs = x.index_select(0, token_idx).to(dtype)
+        h = torch._grouped_mm(xs, stacked("w1", "weight").transpose(1, 2), offs=offs)
+        h = F.gelu(h + stacked("w1", "bias").index_select(0, expert_idx))
+        out = torch._grouped_mm(h, stacked("w2", "weight").transpose(1, 2), offs=offs)
+        out = out + stacked("w2", "bias").index_select(0, expert_idx)
+        out = experts[0].dropout(out) * weight[:, None].to(dtype)
+        y.index_add_(0, token_idx, out.to(y.dtype))
     return y
 
 
@@ -281,7 +323,7 @@ class DGMoE(_RoutedFFN):
         hard, weights = self.route(scores)
         counts = hard.sum(0)
         expert_idx, token_idx = hard.t().nonzero(as_tuple=True)  # expert-major: already grouped by expert
-        y = dispatch_grouped(flat, self.experts, token_idx, weights[token_idx, expert_idx], counts)
+        y = dispatch_grouped(flat, self.experts, token_idx, expert_idx, weights[token_idx, expert_idx], counts)
         self._record(counts, flat.shape[0])
         aux = load_balance_loss(scores, hard)
         return FFNOutput(y.reshape(shape), logits.reshape(*shape[:-1], -1), aux)
