@@ -32,7 +32,7 @@ def robot_graph(*, sim: bool, checkpoint: str = "", episode_dir: str = "", robot
     """The nodes of one robot: (sim arm,) policy action server, (fed client)."""
     nodes = []
     if sim:
-        params = {"tasks": sim_tasks} if sim_tasks else {}
+        params = {"task": sim_tasks[0]} if sim_tasks else {}  # the fleet demo resets to its other tasks
         nodes.append(NodeSpec(*SIM_ROBOT, parameters=params,
                               role="MuJoCo Panda: cameras, joint_states, task_success; follows JointTrajectory"))
     policy_params = {"checkpoint": checkpoint} if checkpoint else {}

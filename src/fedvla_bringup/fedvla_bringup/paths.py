@@ -18,7 +18,7 @@ def share_dir(package: str) -> Path:
 
         try:
             return Path(get_package_share_directory(package))
-        except (PackageNotFoundError, KeyError, ValueError):
+        except (PackageNotFoundError, KeyError, ValueError, OSError):  # OSError: AMENT_PREFIX_PATH unset
             pass
     except ImportError:
         pass
