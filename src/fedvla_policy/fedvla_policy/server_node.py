@@ -140,7 +140,7 @@ class PolicyServer(Node):
 
         limits = PANDA_LIMITS
         if list(self.cfg.arm_joint_names) != list(PANDA_LIMITS.names):
-            self.get_logger().warn("arm_joint_names differ from the Panda's: using Panda limits by position")
+            self.get_logger().warning("arm_joint_names differ from the Panda's: using Panda limits by position")
             limits = JointLimits(tuple(self.cfg.arm_joint_names), PANDA_LIMITS.lower, PANDA_LIMITS.upper,
                                  PANDA_LIMITS.max_velocity, PANDA_LIMITS.max_acceleration)
         self.motion = make_backend(self.cfg.action_space, MotionConfig(
@@ -268,7 +268,7 @@ class PolicyServer(Node):
     def _on_instruction_goal(self, msg: String) -> None:
         """Start a goal through our own action server, exactly as an external client would."""
         if not self._self_client.server_is_ready():
-            self.get_logger().warn("instruction topic: action server not ready yet")
+            self.get_logger().warning("instruction topic: action server not ready yet")
         goal = ExecuteInstruction.Goal(instruction=msg.data)
         future = self._self_client.send_goal_async(goal)
         future.add_done_callback(lambda f: self.get_logger().info(
@@ -278,7 +278,7 @@ class PolicyServer(Node):
     def _reject(self, instruction: str, reason: str) -> GoalResponse:
         self._reject_pub.publish(String(data=json.dumps(
             {"instruction": instruction, "reason": reason, "stamp": time.time()})))
-        self.get_logger().warn(f"rejected goal {instruction[:80]!r}: {reason}")
+        self.get_logger().warning(f"rejected goal {instruction[:80]!r}: {reason}")
         return GoalResponse.REJECT
 
     def _on_goal(self, goal) -> GoalResponse:
@@ -371,7 +371,7 @@ class PolicyServer(Node):
         try:
             layers, overall = expert_usage_layers(policy)
         except Exception as exc:  # noqa: BLE001 - usage stats must never stop the arm
-            self.get_logger().warn(f"expert usage unavailable: {exc}", throttle_duration_sec=10.0)
+            self.get_logger().warning(f"expert usage unavailable: {exc}", throttle_duration_sec=10.0)
             return 0.0
         msg = ExpertUsage(episode_id=episode_id, mean_active_experts=overall)
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -458,17 +458,21 @@ class PolicyServer(Node):
             except Exception as exc:  # noqa: BLE001 - a model error ends the goal, the server lives on
                 self.get_logger().error(f"policy.act failed: {exc!r}")
                 return finish("abort", f"policy error: {exc}")
-            latency_ms = (time.perf_counter() - t0) * 1e3
+            t_act = time.perf_counter()
+            latency_ms = (t_act - t0) * 1e3
             current, velocity = self.reference.state(time.monotonic(), current, velocity)
             try:
                 traj = self.motion.plan(current, chunk[:horizon], velocity)
             except MotionRejected as exc:
-                self.get_logger().warn(f"chunk rejected by the motion backend: {exc}")
+                self.get_logger().warning(f"chunk rejected by the motion backend: {exc}")
                 self._hold()
             else:
                 if traj.report.any_hit:
                     self.get_logger().info(f"motion limits: {traj.report.summary()}", throttle_duration_sec=2.0)
                 self._publish_trajectory(traj)
+            self.get_logger().debug(
+                f"step {step + 1}: frame age at start {1e3 * (now - snap.newest_frame_received):.1f} ms, "
+                f"act {latency_ms:.1f} ms, plan+publish {1e3 * (time.perf_counter() - t_act):.1f} ms")
             step += 1
             last_step_time = time.monotonic()
             mean_active = self._publish_usage(policy, episode_id)
