@@ -67,9 +67,11 @@ def test_goal_moves_the_sim_arm_and_cancel_holds_it(processes, tmp_path, rclpy_c
         deadline = time.monotonic() + 60.0
         while time.monotonic() < deadline:
             run = client.send("keep turning to the left", max_steps=1000)
-            if run.wait_accepted(10.0):
+            accepted = run.wait_accepted(10.0)
+            if accepted:
                 break
-            assert "camera" in run.rejection_reason or "joint" in run.rejection_reason, run.rejection_reason
+            if accepted is False:  # (None: the answer was lost while discovery settled; ask again)
+                assert "camera" in run.rejection_reason or "joint" in run.rejection_reason, run.rejection_reason
             time.sleep(0.5)
         assert run is not None and run.accepted, processes.log(server)
         # Cancel while the arm moves: it brakes and holds still within 1 s. "Still": velocities under

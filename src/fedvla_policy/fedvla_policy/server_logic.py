@@ -35,6 +35,8 @@ class ServerConfig:
     use_follow_joint_trajectory: bool = field(default=False, metadata={
         "help": "Send trajectories through the FollowJointTrajectory action instead of the topic "
                 "(ignored when control_msgs is not installed)."})
+    load_checkpoint_service: str = field(default="load_checkpoint", metadata={
+        "help": "fedvla_msgs/LoadCheckpoint service that swaps the model between goals."})
     expert_usage_topic: str = field(default="expert_usage", metadata={"help": "fedvla_msgs/ExpertUsage output."})
     arm_joint_names: list[str] = field(default_factory=lambda: list(PANDA_ARM_JOINTS), metadata={
         "help": "Arm joints, in the order of the policy's action vector."})
@@ -43,6 +45,11 @@ class ServerConfig:
     gripper_max: float = field(default=PANDA_FINGER_MAX_M, metadata={
         "help": "Joint position of the open gripper; action 1.0 maps to it, 0.0 to closed."})
     action_space: str = field(default="joint", metadata={"help": "'joint' (absolute joint targets) or 'ee' (IK)."})
+    motion_backend: str = field(default="auto", metadata={
+        "help": "'auto' (moveit_py when importable, else toppra), 'moveit' or 'toppra'."})
+    ik_model_path: str = field(default="", metadata={
+        "help": "MJCF of the arm for mink IK (needed only when action_space is 'ee')."})
+    ik_site: str = field(default="", metadata={"help": "End-effector site of ik_model_path that 'ee' chunks command."})
     control_rate_hz: float = field(default=10.0, metadata={"help": "Policy steps per second."})
     max_frame_skew_s: float = field(default=0.25, metadata={
         "help": "Newest and oldest camera frame of one step may be at most this far apart."})
@@ -84,6 +91,10 @@ class ServerConfig:
             raise ValueError(f"on_new_goal must be 'preempt' or 'reject', got {self.on_new_goal!r}")
         if self.action_space not in ("joint", "ee"):
             raise ValueError(f"action_space must be 'joint' or 'ee', got {self.action_space!r}")
+        if self.motion_backend not in ("auto", "moveit", "toppra"):
+            raise ValueError(f"motion_backend must be 'auto', 'moveit' or 'toppra', got {self.motion_backend!r}")
+        if self.action_space == "ee" and not (self.ik_model_path and self.ik_site):
+            raise ValueError("action_space 'ee' needs ik_model_path and ik_site")
         if "{name}" not in self.camera_topic_template:
             raise ValueError("camera_topic_template must contain '{name}'")
         if not self.arm_joint_names:

@@ -6,7 +6,7 @@ Graph (names relative to the node's namespace, all parameters in config/policy_s
        instruction_goal (std_msgs/String: starts a goal as if an action client sent it)
   out  arm_controller/joint_trajectory (trajectory_msgs/JointTrajectory), expert_usage
        (fedvla_msgs/ExpertUsage), ~/goal_rejections (std_msgs/String, JSON, transient local)
-  srv  ~/load_checkpoint (fedvla_msgs/LoadCheckpoint)
+  srv  load_checkpoint (fedvla_msgs/LoadCheckpoint: swaps the model between goals)
   act  execute_instruction (fedvla_msgs/ExecuteInstruction)
 
 Rejected goals. rclpy's goal callback can only say ACCEPT or REJECT, so an invalid goal is
@@ -14,6 +14,14 @@ REJECTED (it never becomes an episode the fed client would log) and the reason i
 before the rejection is sent, on the latched topic ``~/goal_rejections`` as JSON
 ``{"instruction": ..., "reason": ..., "stamp": <unix s>}`` and logged. ``goal_client.GoalClient``
 subscribes to that topic before sending and reports the reason together with the rejection.
+
+A goal's control loop (one step per new, consistent set of camera frames, at most
+control_rate_hz): frames + joint state -> policy.act -> motion backend (limits enforced) ->
+JointTrajectory, then feedback and ExpertUsage. Each trajectory is planned from the setpoint the
+controller is following (server_logic.ReferenceTracker), not from the lagging measured position.
+A goal ends on task_success (succeeded), on its step or time limit, on a stale camera or joint
+state (aborted, the reason names the input), on preemption (aborted, "preempted"), or on cancel
+(canceled); except on preemption the arm then brakes smoothly and holds where it stopped.
 
 Threading (lessons from the anchors): the execute callback is ``async`` and never spins; the
 action server and the instruction client live in a ReentrantCallbackGroup, the sensor
@@ -47,8 +55,8 @@ from fedvla_msgs.action import ExecuteInstruction
 from fedvla_msgs.msg import ExpertUsage, LayerExpertUsage
 from fedvla_msgs.srv import LoadCheckpoint
 from fedvla_policy.image_conversion import image_to_numpy, to_rgb
-from fedvla_policy.motion import (JointLimits, MotionConfig, MotionRejected, PANDA_LIMITS, hold_trajectory,
-                                  make_backend, stop_trajectory)
+from fedvla_policy.motion import (PANDA_LIMITS, JointLimits, MotionConfig, MotionRejected, hold_trajectory,
+                                  make_backend, moveit_available, stop_trajectory)
 from fedvla_policy.server_logic import (Frame, JointSample, LatestInputs, ReferenceTracker, ServerConfig,
                                         current_positions,
                                         goal_rejection_reason, progress, proprio_vector, step_budget)
@@ -138,16 +146,7 @@ class PolicyServer(Node):
         self._camera_subs: dict[str, object] = {}
         self.reference = ReferenceTracker()
 
-        limits = PANDA_LIMITS
-        if list(self.cfg.arm_joint_names) != list(PANDA_LIMITS.names):
-            self.get_logger().warning("arm_joint_names differ from the Panda's: using Panda limits by position")
-            limits = JointLimits(tuple(self.cfg.arm_joint_names), PANDA_LIMITS.lower, PANDA_LIMITS.upper,
-                                 PANDA_LIMITS.max_velocity, PANDA_LIMITS.max_acceleration)
-        self.motion = make_backend(self.cfg.action_space, MotionConfig(
-            velocity_scale=self.cfg.velocity_scale, acceleration_scale=self.cfg.acceleration_scale,
-            reject_margin=self.cfg.reject_margin, nominal_step_s=1.0 / self.cfg.control_rate_hz,
-            sample_dt=self.cfg.sample_dt, gripper_max=self.cfg.gripper_max),
-            limits=limits, gripper_joint=self.cfg.gripper_joint or None)
+        self.motion = self._make_motion_backend()
 
         latched = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -172,7 +171,7 @@ class PolicyServer(Node):
             cancel_callback=lambda _req: CancelResponse.ACCEPT, callback_group=self._action_group)
         self._self_client = ActionClient(self, ExecuteInstruction, self.cfg.action_name,
                                          callback_group=self._action_group)
-        self.create_service(LoadCheckpoint, "~/load_checkpoint", self._on_load_checkpoint,
+        self.create_service(LoadCheckpoint, self.cfg.load_checkpoint_service, self._on_load_checkpoint,
                             callback_group=self._service_group)
 
         if self.cfg.checkpoint:
@@ -200,6 +199,37 @@ class PolicyServer(Node):
                 value = self.declare_parameter(f.name, default, descriptor).value
             values[f.name] = list(value) if isinstance(default, list) else value
         return ServerConfig(**values)
+
+    def _make_motion_backend(self):
+        """moveit_py when asked for (or 'auto' and importable), else toppra; mink IK for 'ee' chunks."""
+        cfg = self.cfg
+        limits = PANDA_LIMITS
+        if list(cfg.arm_joint_names) != list(PANDA_LIMITS.names):
+            self.get_logger().warning("arm_joint_names differ from the Panda's: using Panda limits by position")
+            limits = JointLimits(tuple(cfg.arm_joint_names), PANDA_LIMITS.lower, PANDA_LIMITS.upper,
+                                 PANDA_LIMITS.max_velocity, PANDA_LIMITS.max_acceleration)
+        motion_cfg = MotionConfig(
+            velocity_scale=cfg.velocity_scale, acceleration_scale=cfg.acceleration_scale,
+            reject_margin=cfg.reject_margin, nominal_step_s=1.0 / cfg.control_rate_hz,
+            sample_dt=cfg.sample_dt, gripper_max=cfg.gripper_max)
+        moveit_robot = None
+        if cfg.motion_backend in ("auto", "moveit") and cfg.action_space == "joint" and moveit_available():
+            try:
+                from moveit.planning import MoveItPy  # type: ignore
+
+                moveit_robot = MoveItPy(node_name=f"{self.get_name()}_moveit")
+            except Exception as exc:  # noqa: BLE001 - MoveIt needs its robot description parameters
+                self.get_logger().warning(f"moveit_py imports but could not start ({exc}); using toppra")
+        elif cfg.motion_backend == "moveit":
+            self.get_logger().warning("motion_backend 'moveit' asked for, but moveit_py is not installed; using toppra")
+        mj_model = None
+        if cfg.action_space == "ee":
+            import mujoco
+
+            mj_model = mujoco.MjModel.from_xml_path(cfg.ik_model_path)
+        return make_backend(cfg.action_space, motion_cfg, limits=limits, gripper_joint=cfg.gripper_joint or None,
+                            prefer_moveit=cfg.motion_backend != "toppra", moveit_robot=moveit_robot,
+                            mj_model=mj_model, ee_site=cfg.ik_site)
 
     # ------------------------------------------------------------------ model
     @property
