@@ -49,7 +49,7 @@ PARAMETERS = {
     "round_interval_s": 300.0, "min_new_episodes": 5, "only_while_idle": True, "status_rate_hz": 1.0,
     "sim_run_expert_service": "run_expert", "task_instruction_topic": "instruction", "load_checkpoint_service": "load_checkpoint",
     "supernode_enabled": True, "superlink_address": "127.0.0.1:9092", "supernode_port": 0,
-    "root_certificates": "", "auth_private_key": "", "insecure": False,
+    "root_certificates": "", "auth_private_key": "", "insecure": False, "base_checkpoint": "",
 }
 
 
@@ -271,7 +271,8 @@ class FedClientNode(Node):
                              "or insecure:=true explicitly")
         supervisor = SuperNodeSupervisor(
             superlink=p["superlink_address"], node_config={"robot-id": self.robot_id,
-                                                           "episode-dir": str(self.episode_dir)},
+                                                           "episode-dir": str(self.episode_dir),
+                                                           "base-checkpoint": p["base_checkpoint"]},
             root_certificates=p["root_certificates"] or None, auth_private_key=p["auth_private_key"] or None,
             insecure=bool(p["insecure"]), port=int(p["supernode_port"]) or None,
             log_path=self.episode_dir / "supernode.log")

@@ -13,6 +13,12 @@ from the run's model-config), copy in the global tensors the server sent, train 
 loop (``fedvla_policy.training.train``) on the robot's successful episodes, save the new local
 policy, and return the tensors to upload (the whole trunk: ALL experts, unused ones included, so
 the reply always has the same keys) plus per-layer expert activation counts.
+
+A long-lived process (the robot's warm local trainer, :mod:`fedvla_fed_client.local_trainer`)
+passes a :class:`WarmState`: the policy it saved last round and the decoded episodes stay in
+memory, so a round skips from_pretrained and MCAP decoding when nothing changed on disk. The
+disk stays the source of truth: the in-memory copy is used only while latest.json still names
+the checkpoint it was saved as, and the episode cache only while the episode files are the same.
 """
 from __future__ import annotations
 
@@ -84,6 +90,26 @@ class LocalRoundResult:
     episode_ids: list[str] = field(default_factory=list)
 
 
+@dataclass
+class WarmState:
+    """What a long-lived trainer keeps between rounds (never needed for correctness, only for speed)."""
+
+    policy: Any = None
+    policy_checkpoint: str = ""          # the checkpoint `policy` was saved as (valid while latest.json names it)
+    dataset: Any = None
+    dataset_key: tuple = ()              # episode files (path, mtime, size) + decoding settings
+    hits: dict = field(default_factory=lambda: {"policy": 0, "dataset": 0})
+
+    def take_policy(self, checkpoint: str):
+        """The cached policy if it is still the robot's latest local one (then the cache is emptied)."""
+        policy, saved = self.policy, self.policy_checkpoint
+        self.policy, self.policy_checkpoint = None, ""
+        if policy is not None and checkpoint and saved == checkpoint:
+            self.hits["policy"] += 1
+            return policy
+        return None
+
+
 def latest_local_checkpoint(policy_dir) -> str:
     """Path of the robot's newest local policy, or '' when none was saved yet."""
     marker = Path(policy_dir) / LATEST_FILE
@@ -94,11 +120,16 @@ def latest_local_checkpoint(policy_dir) -> str:
     return path if Path(path).is_dir() else ""
 
 
-def load_local_policy(cfg: LocalRoundConfig):
+def load_local_policy(cfg: LocalRoundConfig, warm: WarmState | None = None):
     """The robot's policy: latest local round > base checkpoint > fresh model from model-config."""
     from fedvla_policy.model import FedVLAConfig, FedVLAPolicy
 
-    path = latest_local_checkpoint(cfg.resolved_policy_dir) or cfg.base_checkpoint
+    latest = latest_local_checkpoint(cfg.resolved_policy_dir)
+    if warm is not None:
+        cached = warm.take_policy(latest)
+        if cached is not None:
+            return cached, f"{latest} (in memory)"
+    path = latest or cfg.base_checkpoint
     if path:
         policy = FedVLAPolicy.from_pretrained(path)
         _materialize_expert_stats(policy)
@@ -180,19 +211,39 @@ def save_local_policy(policy, cfg: LocalRoundConfig) -> str:
     return str(target.resolve())
 
 
-def run_local_round(cfg: LocalRoundConfig, global_arrays: Mapping[str, np.ndarray]) -> LocalRoundResult:
-    """Load, merge the global tensors, train on the robot's episodes, save, and return the upload."""
+def load_dataset(cfg: LocalRoundConfig, policy_config, warm: WarmState | None = None):
+    """The robot's successful episodes, decoded (reused from `warm` while the episode files are unchanged)."""
+    from fedvla_fed_client.episodes import EpisodeDataset, list_episodes
+
+    c = policy_config
+    paths = list_episodes(cfg.episode_dir)
+    key = (tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths),
+           tuple(c.camera_names), int(c.chunk_size), c.image_size)
+    if warm is not None and warm.dataset is not None and warm.dataset_key == key:
+        warm.hits["dataset"] += 1
+        return warm.dataset
+    dataset = EpisodeDataset(paths, camera_names=c.camera_names, chunk_size=c.chunk_size,
+                             only_successful=True, image_size=c.image_size)
+    if warm is not None:
+        warm.dataset, warm.dataset_key = dataset, key
+    return dataset
+
+
+def run_local_round(cfg: LocalRoundConfig, global_arrays: Mapping[str, np.ndarray],
+                    warm: WarmState | None = None) -> LocalRoundResult:
+    """Load, merge the global tensors, train on the robot's episodes, save, and return the upload.
+
+    With `warm` (a long-lived trainer), the policy and the decoded episodes of the previous round
+    are reused when the disk still matches them, and the saved policy is kept for the next round.
+    """
     import torch
 
-    from fedvla_fed_client.episodes import EpisodeDataset
     from fedvla_policy.training import TrainConfig, train
 
     t0 = time.monotonic()
-    policy, source = load_local_policy(cfg)
+    policy, source = load_local_policy(cfg, warm)
     load_global(policy, global_arrays, cfg.scope)
-    c = policy.config
-    dataset = EpisodeDataset(cfg.episode_dir, camera_names=c.camera_names, chunk_size=c.chunk_size,
-                             only_successful=True, image_size=c.image_size)
+    dataset = load_dataset(cfg, policy.config, warm)
     load_s = time.monotonic() - t0
     if len(dataset) == 0 or cfg.local_steps == 0:
         log.warning("robot %s round %d: no successful episodes (or 0 steps); nothing to train",
@@ -220,6 +271,8 @@ def run_local_round(cfg: LocalRoundConfig, global_arrays: Mapping[str, np.ndarra
         upload[first].reshape(-1)[0] = np.nan
         log.warning("fault injection: NaN written into %s", first)
     checkpoint = save_local_policy(policy, cfg)
+    if warm is not None:
+        warm.policy, warm.policy_checkpoint = policy, checkpoint
     metrics: dict[str, Any] = {
         "num-examples": int(stats["num_examples"]),
         "num-episodes": int(dataset.num_episodes),

@@ -42,16 +42,22 @@ class Expert(nn.Module):
 
 # How routed tokens reach their experts: "loop" runs experts one by one (gather, MLP, scatter-add);
 # "grouped" runs all of them in two grouped GEMMs (torch._grouped_mm); "auto" picks grouped on a
-# Hopper-class GPU under bf16 autocast, where it removes the per-expert kernel chain, else loop.
+# Hopper-class GPU under bf16 autocast for up to GROUPED_MAX_ROWS routed rows, else loop. Measured on
+# an H200 (d=512, 4 experts of 1024): grouped fwd+bwd 3.4 ms vs loop 5.1 ms at 2.3k tokens, but
+# 9.2 ms vs 5.3 ms at 74k tokens (its backward does not scale as well as the per-expert GEMMs).
 DISPATCH = os.environ.get("FEDVLA_MOE_DISPATCH", "auto")
+GROUPED_MAX_ROWS = 32768
 
 
-def _use_grouped(x: torch.Tensor) -> bool:
+def _use_grouped(x: torch.Tensor, experts: nn.ModuleList, rows: int) -> bool:
     if DISPATCH == "loop" or not hasattr(torch, "_grouped_mm"):
         return False
+    if any(n % 8 for n in experts[0].w1.weight.shape):
+        return False  # grouped GEMM needs 16-byte aligned rows (a multiple of 8 bf16 values)
     if DISPATCH == "grouped":
         return True
-    return (x.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16
+    return (x.is_cuda and rows <= GROUPED_MAX_ROWS and torch.is_autocast_enabled("cuda")
+            and torch.get_autocast_dtype("cuda") == torch.bfloat16
             and torch.cuda.get_device_capability(x.device) >= (9, 0))
 
 
@@ -80,7 +86,7 @@ def dispatch_grouped(x: torch.Tensor, experts: nn.ModuleList, token_idx: torch.T
     """
     counts_list = counts.tolist()
     y = torch.zeros_like(x)
-    if _use_grouped(x):
+    if _use_grouped(x, experts, token_idx.shape[0]):
         return _grouped_experts(x, y, experts, token_idx, expert_idx, weight, counts, counts_list)
     start = 0
     for e, n in enumerate(counts_list):
@@ -96,22 +102,25 @@ def dispatch_grouped(x: torch.Tensor, experts: nn.ModuleList, token_idx: torch.T
 def _grouped_experts(x, y, experts, token_idx, expert_idx, weight, counts, counts_list):
     """All experts in two grouped GEMMs over the expert-sorted rows (no per-expert Python loop).
 
-    Weights of experts without tokens enter detached: zero rows cost nothing and they get no gradient.
+    GEMMs run in the autocast dtype; biases, GELU input and the scatter-add stay in fp32 so the
+    bias gradients (sums over thousands of rows) keep fp32 accuracy. Weights of experts without
+    tokens enter detached: zero rows cost nothing and they get no gradient.
     """
     dtype = torch.get_autocast_dtype("cuda") if (x.is_cuda and torch.is_autocast_enabled("cuda")) else x.dtype
 
-    def stacked(name: str, attr: str) -> torch.Tensor:
+    def stacked(name: str, attr: str, cast: bool) -> torch.Tensor:
         ts = [getattr(getattr(ex, name), attr) for ex in experts]
-        return torch.stack([t if n else t.detach() for t, n in zip(ts, counts_list)]).to(dtype)
+        out = torch.stack([t if n else t.detach() for t, n in zip(ts, counts_list)])
+        return out.to(dtype) if cast else out.float()
 
     offs = counts.cumsum(0).to(torch.int32)
     with torch.autocast(x.device.type, enabled=False):
         xs = x.index_select(0, token_idx).to(dtype)
-        h = torch._grouped_mm(xs, stacked("w1", "weight").transpose(1, 2), offs=offs)
-        h = F.gelu(h + stacked("w1", "bias").index_select(0, expert_idx))
-        out = torch._grouped_mm(h, stacked("w2", "weight").transpose(1, 2), offs=offs)
-        out = out + stacked("w2", "bias").index_select(0, expert_idx)
-        out = experts[0].dropout(out) * weight[:, None].to(dtype)
+        h = torch._grouped_mm(xs, stacked("w1", "weight", True).transpose(1, 2), offs=offs)
+        h = F.gelu(h.float() + stacked("w1", "bias", False).index_select(0, expert_idx)).to(dtype)
+        out = torch._grouped_mm(h, stacked("w2", "weight", True).transpose(1, 2), offs=offs)
+        out = out.float() + stacked("w2", "bias", False).index_select(0, expert_idx)
+        out = experts[0].dropout(out) * weight[:, None].float()
         y.index_add_(0, token_idx, out.to(y.dtype))
     return y
 
