@@ -78,10 +78,6 @@ def cmd_up_robot(args) -> int:
 
 
 def cmd_up_fleet(args) -> int:
-    if not _available("fedvla_bringup.fleet_demo"):
-        cmd_graph(args)
-        print("\nThe fleet demo is not built yet (see the list above).")
-        return 0
     from fedvla_bringup.fleet_demo import main as fleet_main
 
     return fleet_main(args.rest)
@@ -119,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Sub-commands with their own parsers get their arguments untouched (argparse's REMAINDER
+    # would swallow or reject a leading option such as --help).
+    if argv[:2] == ["up", "fleet"]:
+        return cmd_up_fleet(argparse.Namespace(rest=argv[2:]))
+    if argv[:1] == ["goal"]:
+        return cmd_goal(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
 
