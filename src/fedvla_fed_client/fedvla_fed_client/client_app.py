@@ -9,6 +9,12 @@ robot is idle and has new episodes); after training it writes the round report t
 publishes as RoundStatus, naming the new local checkpoint for the policy server. A robot that
 is busy or has no data answers with an empty update (num-examples 0) instead of an error reply,
 because error replies have been seen to wedge SuperNodes (flower#4844).
+
+Training itself goes to the robot's warm local trainer when one runs
+(:mod:`fedvla_fed_client.local_trainer`, started next to the SuperNode by SuperNodeSupervisor):
+this process then imports only flwr + numpy, hands the global arrays over a local Unix socket
+and waits. Without a trainer (the simulation engine, tests, node-config ``local-trainer="off"``)
+or when it dies mid-round, the round runs in this process as before.
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ import traceback
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedvla_fed_client.local_round import LocalRoundConfig, run_local_round
+from fedvla_fed_client.local_round import LocalRoundConfig, LocalRoundResult, run_local_round
+from fedvla_fed_client.local_trainer import TrainerError, TrainerUnavailable, request_round
 from fedvla_fed_client.round_gate import RoundReport, wait_and_take_gate, write_report
 
 log = logging.getLogger("fedvla.client")
@@ -50,6 +57,20 @@ def _round_config(msg: Message, context: Context) -> tuple[LocalRoundConfig, flo
     return cfg, float(conf.get("gate-timeout", 120.0))
 
 
+def _train(cfg: LocalRoundConfig, global_arrays: dict, mode: str, timeout_s: float) -> tuple[LocalRoundResult, dict]:
+    """Run the round in the warm trainer if one answers, else here; returns (result, hand-off metrics)."""
+    if mode != "off":
+        t0 = time.monotonic()
+        try:
+            result, trainer_s = request_round(cfg, global_arrays, timeout_s=timeout_s)
+            return result, {"warm-trainer": 1, "handoff-s": max(time.monotonic() - t0 - trainer_s, 0.0)}
+        except TrainerError as err:
+            raise RuntimeError(f"local trainer: {err}") from err
+        except TrainerUnavailable as err:
+            log.info("no warm local trainer (%s); training in the ClientApp process", err)
+    return run_local_round(cfg, global_arrays), {"warm-trainer": 0}
+
+
 def _record(arrays: dict) -> ArrayRecord:
     from flwr.app import Array
 
@@ -74,7 +95,9 @@ def train(msg: Message, context: Context) -> Message:
             {"num-examples": 0, "bytes-down": bytes_down})}), reply_to=msg)
     try:
         global_arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-        result = run_local_round(cfg, global_arrays)
+        result, handoff = _train(cfg, global_arrays, str(dict(context.node_config).get("local-trainer", "auto")),
+                                 float(dict(msg.content["config"]).get("round-timeout", 3600.0))
+                                 if "config" in msg.content else 3600.0)
     except Exception as err:  # noqa: BLE001 - report the failure to the robot, send an empty update
         log.error("local round failed: %s\n%s", err, traceback.format_exc())
         write_report(cfg.episode_dir, RoundReport(server_round=cfg.server_round, state="failed",
@@ -83,7 +106,7 @@ def train(msg: Message, context: Context) -> Message:
             {"num-examples": 0, "bytes-down": bytes_down, "failed": 1})}), reply_to=msg)
     record = _record(result.upload)
     bytes_up = record.count_bytes()
-    metrics = dict(result.metrics, **{"bytes-up": bytes_up, "bytes-down": bytes_down,
+    metrics = dict(result.metrics, **handoff, **{"bytes-up": bytes_up, "bytes-down": bytes_down,
                                       "round-client-s": time.monotonic() - t0})
     scalar = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     write_report(cfg.episode_dir, RoundReport(

@@ -95,13 +95,13 @@ class WarmState:
     """What a long-lived trainer keeps between rounds (never needed for correctness, only for speed)."""
 
     policy: Any = None
-    policy_checkpoint: str = ""          # the checkpoint `policy` was saved as (valid while latest.json names it)
+    policy_checkpoint: str = ""          # the folder `policy` equals (valid while it is still the one to load)
     dataset: Any = None
     dataset_key: tuple = ()              # episode files (path, mtime, size) + decoding settings
     hits: dict = field(default_factory=lambda: {"policy": 0, "dataset": 0})
 
     def take_policy(self, checkpoint: str):
-        """The cached policy if it is still the robot's latest local one (then the cache is emptied)."""
+        """The cached policy if `checkpoint` (what would be loaded from disk) is the one it equals; empties the cache."""
         policy, saved = self.policy, self.policy_checkpoint
         self.policy, self.policy_checkpoint = None, ""
         if policy is not None and checkpoint and saved == checkpoint:
@@ -124,12 +124,11 @@ def load_local_policy(cfg: LocalRoundConfig, warm: WarmState | None = None):
     """The robot's policy: latest local round > base checkpoint > fresh model from model-config."""
     from fedvla_policy.model import FedVLAConfig, FedVLAPolicy
 
-    latest = latest_local_checkpoint(cfg.resolved_policy_dir)
+    path = latest_local_checkpoint(cfg.resolved_policy_dir) or cfg.base_checkpoint
     if warm is not None:
-        cached = warm.take_policy(latest)
+        cached = warm.take_policy(path)
         if cached is not None:
-            return cached, f"{latest} (in memory)"
-    path = latest or cfg.base_checkpoint
+            return cached, path
     if path:
         policy = FedVLAPolicy.from_pretrained(path)
         _materialize_expert_stats(policy)

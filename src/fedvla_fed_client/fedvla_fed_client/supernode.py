@@ -16,6 +16,16 @@ ClientApp error (flower#4844; the log then says "Cannot record end time"). The s
 restarts the process when it exits (with exponential backoff) or when such a line appears.
 A restarted SuperNode keeps its node id (it derives from the auth key), so the SuperLink sees
 the same robot again. TLS + authentication are required unless ``insecure=True`` is passed.
+
+With ``local_trainer=True`` (the default) the supervisor also runs the robot's warm local trainer
+(:mod:`fedvla_fed_client.local_trainer`, log in ``<episode-dir>/local_trainer.log``) and restarts
+it when it exits; the ClientApp hands its rounds to it, so a round does not pay for importing
+torch and loading the model. A SuperNode restart leaves the trainer (and its warm state) alone.
+
+Latency: the supervisor sets ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (how often the SuperNode's
+SuperExec looks for a message to start a ClientApp for; flwr's default is 1 s) to 0.1 s unless
+``env`` says otherwise. The SuperNode's own 3 s wait between pulls from the SuperLink is fixed
+in flwr 1.41 (no flag or variable).
 """
 from __future__ import annotations
 
@@ -33,6 +43,9 @@ from typing import Mapping, Sequence
 
 #: Log lines after which a SuperNode no longer processes messages (restart it).
 WEDGE_PATTERNS = ("Cannot record end time",)
+
+#: Environment defaults for the SuperNode (``env`` overrides them): faster ClientApp launch.
+SUPERNODE_ENV_DEFAULTS = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -80,6 +93,8 @@ class SuperNodeStatus:
     started_at: float = 0.0
     log_path: str = ""
     history: list = field(default_factory=list)  # (time, reason) of each restart
+    trainer_pid: int = 0            # the warm local trainer (0 = not running / not enabled)
+    trainer_restarts: int = 0
 
 
 class SuperNodeSupervisor:
@@ -96,13 +111,17 @@ class SuperNodeSupervisor:
         restart_backoff_s / max_backoff_s: delay before a restart, doubling up to the maximum while it keeps dying.
         watch_interval_s: > 0 starts a background thread that calls poll() at this period.
         extra_args: more flower-supernode arguments.
+        env: extra environment of the SuperNode (and trainer) processes.
+        local_trainer: also run the robot's warm local trainer (needs node_config["episode-dir"]).
+        trainer_log_path: the trainer's log (None = <episode-dir>/local_trainer.log).
     """
 
     def __init__(self, superlink: str, node_config: Mapping[str, object] | None = None,
                  root_certificates: str | None = None, auth_private_key: str | None = None,
                  insecure: bool = False, port: int | None = None, log_path: str | os.PathLike | None = None,
                  host: str = "127.0.0.1", restart_backoff_s: float = 2.0, max_backoff_s: float = 60.0,
-                 watch_interval_s: float = 0.0, extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None):
+                 watch_interval_s: float = 0.0, extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
+                 local_trainer: bool = True, trainer_log_path: str | os.PathLike | None = None):
         if not insecure and not (root_certificates and auth_private_key):
             raise ValueError("SuperNodeSupervisor: TLS and node authentication need root_certificates and "
                              "auth_private_key; pass insecure=True explicitly to run without them")
@@ -120,7 +139,19 @@ class SuperNodeSupervisor:
         self.max_backoff_s = max_backoff_s
         self.watch_interval_s = watch_interval_s
         self.extra_args = list(extra_args)
-        self.env = dict(env or {})
+        self.env = {**SUPERNODE_ENV_DEFAULTS, **dict(env or {})}
+        self.trainer = None
+        episode_dir = str(self.node_config.get("episode-dir", "") or "")
+        if local_trainer and episode_dir and str(self.node_config.get("local-trainer", "auto")) != "off":
+            from fedvla_fed_client.local_trainer import LocalTrainerProcess
+
+            self.trainer = LocalTrainerProcess(
+                episode_dir, policy_dir=str(self.node_config.get("policy-dir", "") or ""),
+                base_checkpoint=str(self.node_config.get("base-checkpoint", "") or ""),
+                robot_id=str(self.node_config.get("robot-id", "") or ""),
+                log_path=trainer_log_path or Path(episode_dir) / "local_trainer.log", env=dict(env or {}))
+        self._trainer_next_start = 0.0
+        self._trainer_backoff = restart_backoff_s
         self._proc: subprocess.Popen | None = None
         self._log_file = None
         self._log_offset = 0
@@ -148,6 +179,8 @@ class SuperNodeSupervisor:
         """Start the SuperNode (and the watcher thread when watch_interval_s > 0)."""
         with self._lock:
             self._stopping = False
+            if self.trainer is not None and not self.trainer.running:
+                self.status.trainer_pid = self.trainer.start()  # first: it warms up while the SuperNode connects
             self._spawn()
         if self.watch_interval_s > 0 and self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="supernode-watch", daemon=True)
@@ -194,6 +227,9 @@ class SuperNodeSupervisor:
         with self._lock:
             self._stopping = True
             code = self._kill()
+            if self.trainer is not None:
+                self.trainer.stop()
+                self.status.trainer_pid = 0
             self.status.state, self.status.pid = "stopped", 0
             if code is not None:
                 self.status.last_exit_code = code
@@ -230,6 +266,7 @@ class SuperNodeSupervisor:
             if self._stopping:
                 return self.status
             now = time.time()
+            self._poll_trainer(now)
             if self._proc is not None:
                 code = self._proc.poll()
                 if code is None:
@@ -247,6 +284,22 @@ class SuperNodeSupervisor:
             if self._proc is None and now >= self._next_start:
                 self._spawn()
             return self.status
+
+    def _poll_trainer(self, now: float) -> None:
+        """Restart the warm trainer when it exited (with the same backoff rule as the SuperNode)."""
+        if self.trainer is None or self.trainer.running:
+            if self.trainer is not None and now - self._trainer_next_start > 60:
+                self._trainer_backoff = self.restart_backoff_s
+            return
+        if self.trainer.proc is not None:  # it died: schedule a restart
+            code = self.trainer.stop()
+            self.status.trainer_pid = 0
+            self.status.trainer_restarts += 1
+            self.status.history.append((now, f"local trainer exited with code {code}"))
+            self._trainer_next_start = now + self._trainer_backoff
+            self._trainer_backoff = min(self._trainer_backoff * 2, self.max_backoff_s)
+        if now >= self._trainer_next_start:
+            self.status.trainer_pid = self.trainer.start()
 
     def _watch(self) -> None:
         while not self._stopping:

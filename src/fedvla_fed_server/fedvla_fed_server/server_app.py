@@ -4,7 +4,8 @@ The run configuration (``[tool.flwr.app.config]`` of flwr_app/pyproject.toml, ov
 ``flwr run -c``) is parsed into :class:`ServerRunConfig`. The round loop is our own rather than
 ``Strategy.start`` because it must (1) start from the last saved round after a restart and
 (2) save the global model after every round; it still calls the strategy's
-``configure_train`` / ``aggregate_train`` hooks and ``grid.send_and_receive`` with the round timeout.
+``configure_train`` / ``aggregate_train`` hooks, and pushes/pulls through the grid with the round
+timeout (polling faster than ``Grid.send_and_receive`` does).
 """
 from __future__ import annotations
 
@@ -91,7 +92,28 @@ class ServerRunConfig:
         return {"local-steps": self.local_steps, "batch-size": self.batch_size,
                 "learning-rate": self.learning_rate, "base-checkpoint": self.base_checkpoint,
                 "model-config": self.model_config, "seed": self.seed,
-                "gate-timeout": self.gate_timeout, "upload-dtype": self.upload_dtype}
+                "gate-timeout": self.gate_timeout, "upload-dtype": self.upload_dtype,
+                "round-timeout": self.round_timeout}
+
+
+#: Seconds between reply polls. Grid.send_and_receive sleeps 3 s between polls (flwr 1.41), which
+#: adds up to 3 s to every round; the SuperLink answers a poll in milliseconds on loopback.
+REPLY_POLL_S = 0.2
+
+
+def send_and_receive(grid, messages: list, timeout: float, poll_s: float = REPLY_POLL_S) -> list:
+    """Grid.send_and_receive with a short poll interval: push, then pull until all replied or timeout."""
+    pending = set(grid.push_messages(messages))
+    replies: list = []
+    deadline = time.monotonic() + timeout
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending.difference_update(m.metadata.reply_to_message_id for m in got)
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(poll_s)
+    return replies
 
 
 def initial_model_arrays(cfg: ServerRunConfig) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
@@ -132,7 +154,7 @@ def run_rounds(grid, strategy, store: CheckpointStore, initial: Callable[[], tup
         log.info("[ROUND %d/%d] strategy=%s", rnd, cfg.num_server_rounds, strategy.name)
         record = numpy_to_arrays(arrays)
         messages = list(strategy.configure_train(rnd, record, ConfigRecord(cfg.client_config()), grid))
-        replies = list(grid.send_and_receive(messages=messages, timeout=cfg.round_timeout)) if messages else []
+        replies = send_and_receive(grid, messages, cfg.round_timeout) if messages else []
         new, metrics = strategy.aggregate_train(rnd, replies)
         if new is not None:
             arrays = {k: v.numpy() for k, v in new.items()}

@@ -10,6 +10,7 @@ shadows and reflections, which dominate rendering cost on a CPU (llvmpipe).
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -38,7 +39,17 @@ OBJECT_RGBA = {
 
 
 def franka_assets_dir() -> Path:
-    """Folder of the Panda MJCF inside the installed gymnasium-robotics wheel (found without importing it)."""
+    """Folder of the Panda MJCF inside the installed gymnasium-robotics wheel (found without importing it).
+
+    FEDVLA_PANDA_ASSETS may point at a copy of that folder instead (e.g. on a GPU machine where
+    carrying the whole 26 MB wheel is wasteful).
+    """
+    override = os.environ.get("FEDVLA_PANDA_ASSETS")
+    if override:
+        path = Path(override)
+        if not (path / "chain.xml").exists():
+            raise RuntimeError(f"FEDVLA_PANDA_ASSETS={override} has no chain.xml")
+        return path
     spec = importlib.util.find_spec("gymnasium_robotics")
     if spec is None or spec.origin is None:
         raise RuntimeError("gymnasium-robotics is not installed: it provides the Franka Panda MJCF")
