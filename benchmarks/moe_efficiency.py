@@ -83,7 +83,7 @@ def config_for(kind: str, args, base: dict) -> FedVLAConfig:
     k, h = args.n_experts, args.expert_hidden
     kw = dict(base, ffn_kind=kind, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
               n_experts=k, expert_hidden=h, top_k=2, use_iosp=not args.no_iosp,
-              dgmoe_threshold_init=args.dgmoe_threshold_init)
+              **({} if args.dgmoe_threshold_init is None else {"dgmoe_threshold_init": args.dgmoe_threshold_init}))
     if kind == "adamoe":
         kw["expert_hidden"] = kw["shared_expert_hidden"] = 8 * round(k * h / (k + 1) / 8)  # aligned for GEMMs
     if kind == "dense":
@@ -337,8 +337,8 @@ def main(argv=None) -> int:
     p.add_argument("--dispatch", nargs="+", default=None, choices=["auto", "loop", "grouped"],
                    help="Expert dispatch(es) to time: per-expert loop, grouped GEMM, auto (grouped on Hopper + bf16). "
                         "Default: loop on cpu; loop and grouped on cuda.")
-    p.add_argument("--dgmoe-threshold-init", type=float, default=0.0,
-                   help="DGMoE initial threshold logit w_e (0: theta = 0.5). Recorded in the rows.")
+    p.add_argument("--dgmoe-threshold-init", type=float, default=None,
+                   help="DGMoE initial threshold logit w_e (default: FedVLAConfig's). Recorded in the rows.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the models and the data.")
     p.add_argument("--output", default=str(RESULTS), help="JSON file to merge the rows into.")
     args = p.parse_args(argv)

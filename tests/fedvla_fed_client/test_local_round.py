@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from fedvla_fed_client.episodes import EpisodeWriter
-from fedvla_fed_client.local_round import LocalRoundConfig, latest_local_checkpoint, run_local_round
+from fedvla_fed_client.local_round import (LocalRoundConfig, WarmState, latest_local_checkpoint, run_local_round,
+                                          save_local_policy)
 
 TINY = dict(camera_names=["agentview"], image_size=32, patch_size=8, d_model=32, n_layers=2, n_heads=2, n_experts=4,
             expert_hidden=32, iosp_topk=2, iosp_n_experts=2, iosp_expert_hidden=16, chunk_size=4, proprio_dim=8,
@@ -22,14 +23,18 @@ def global_trunk():
     return policy, {k: v.numpy() for k, v in policy.export_trunk().items()}
 
 
-def test_local_round_uploads_all_experts_counts_and_persists_the_robot_policy(tmp_path):
-    rng = np.random.default_rng(0)
-    w = EpisodeWriter(tmp_path, metadata={"instruction": "push the block"}, camera_names=["agentview"],
+def write_episode(directory, seed=0, steps=8):
+    rng = np.random.default_rng(seed)
+    w = EpisodeWriter(directory, metadata={"instruction": "push the block"}, camera_names=["agentview"],
                       joint_names=[f"j{i}" for i in range(8)], action_names=[f"a{i}" for i in range(7)])
-    for t in range(8):
+    for t in range(steps):
         w.add_step(t, {"agentview": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)}, rng.normal(size=8),
                    rng.normal(size=7))
     w.close(True)
+
+
+def test_local_round_uploads_all_experts_counts_and_persists_the_robot_policy(tmp_path):
+    write_episode(tmp_path)
     policy, trunk = global_trunk()
     layout = policy.trunk_layout()
     cfg = LocalRoundConfig(episode_dir=str(tmp_path), model_config=json.dumps(TINY), server_round=1, local_steps=3,
@@ -56,3 +61,24 @@ def test_local_round_uploads_all_experts_counts_and_persists_the_robot_policy(tm
     empty.mkdir()
     res3 = run_local_round(LocalRoundConfig(episode_dir=str(empty), model_config=json.dumps(TINY)), trunk)
     assert res3.upload == {} and res3.metrics["num-examples"] == 0
+
+
+def test_warm_state_is_reused_only_while_the_disk_still_matches(tmp_path):
+    write_episode(tmp_path)
+    policy, trunk = global_trunk()
+    warm = WarmState()
+
+    def cfg(rnd):
+        return LocalRoundConfig(episode_dir=str(tmp_path), model_config=json.dumps(TINY), server_round=rnd,
+                                local_steps=2, batch_size=4)
+
+    first = run_local_round(cfg(1), trunk, warm=warm)
+    assert warm.policy_checkpoint == first.checkpoint and warm.hits == {"policy": 0, "dataset": 0}
+    run_local_round(cfg(2), trunk, warm=warm)
+    assert warm.hits == {"policy": 1, "dataset": 1}
+    write_episode(tmp_path, seed=1, steps=5)  # a new episode: decoded again, and trained on
+    third = run_local_round(cfg(3), trunk, warm=warm)
+    assert warm.hits == {"policy": 2, "dataset": 1} and third.metrics["num-examples"] == 13
+    save_local_policy(policy, cfg(9))  # someone else saved a newer local policy: the cached one is stale
+    run_local_round(cfg(10), trunk, warm=warm)
+    assert warm.hits == {"policy": 2, "dataset": 2}

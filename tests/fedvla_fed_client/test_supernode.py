@@ -35,3 +35,32 @@ def test_supervisor_restarts_a_killed_supernode_and_stops_it(tmp_path):
         status = sup.stop()
     assert status.state == "stopped" and not sup.running
     assert sup.poll().state == "stopped"  # no restart after stop()
+
+
+def test_supervisor_runs_the_warm_trainer_and_restarts_it(tmp_path):
+    from fedvla_fed_client.local_trainer import ping, read_discovery
+
+    sup = SuperNodeSupervisor(f"127.0.0.1:{free_port()}", {"robot-id": "r1", "episode-dir": str(tmp_path)},
+                              insecure=True, log_path=tmp_path / "sn.log", restart_backoff_s=0.5)
+    assert sup.env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.1"
+    assert SuperNodeSupervisor("x:1", {"episode-dir": str(tmp_path)}, insecure=True, local_trainer=False).trainer is None
+    try:
+        sup.start()
+        first = sup.status.trainer_pid
+        assert first and sup.trainer.wait_ready(60)
+        status = ping(tmp_path, timeout_s=60)
+        assert status is not None and status["pid"] == first and status["rounds"] == 0
+        sup.restart("round timed out")  # a SuperNode restart leaves the warm trainer alone
+        assert sup.status.trainer_pid == first and sup.trainer.running
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (sup.status.trainer_restarts >= 1 and sup.trainer.running):
+            sup.poll()
+            time.sleep(0.2)
+        assert sup.status.trainer_restarts == 1 and sup.status.trainer_pid not in (0, first)
+        assert sup.trainer.wait_ready(60) and read_discovery(tmp_path)["pid"] == sup.status.trainer_pid
+    finally:
+        sup.stop()
+    assert not sup.trainer.running and sup.status.trainer_pid == 0
+    assert read_discovery(tmp_path) is None  # a stopped trainer no longer advertises itself
+    assert "local trainer of r1 listening" in (tmp_path / "local_trainer.log").read_text()

@@ -51,11 +51,12 @@ class JointWatcher:
 @pytest.mark.timeout(180)
 def test_goal_moves_the_sim_arm_and_cancel_holds_it(processes, tmp_path, rclpy_context):
     target = np.r_[HOME, 1.0]
-    target[0] += 0.8  # the policy keeps asking for joint1 0.8 rad away: the arm must move there
+    target[3] += 0.8  # the policy keeps asking for the elbow (joint4) 0.8 rad away: the arm must move there
     ckpt = make_checkpoint(tmp_path / "ckpt", target)
     sim = processes.start(["-m", "fedvla_sim.robot_node", "--ros-args", "--params-file", SIM_CONFIG,
                            "-p", "camera_size:=32"], "sim")
-    server = processes.start(server_args(checkpoint=ckpt), "server")
+    # 5 Hz keeps the CPU free enough for the sim to run in real time on a busy 2-core machine.
+    server = processes.start(server_args(checkpoint=ckpt, control_rate_hz=5.0), "server")
     client = GoalClient(context=rclpy_context)
     watcher = JointWatcher(rclpy_context)
     try:
@@ -66,7 +67,7 @@ def test_goal_moves_the_sim_arm_and_cancel_holds_it(processes, tmp_path, rclpy_c
         run = None
         deadline = time.monotonic() + 60.0
         while time.monotonic() < deadline:
-            run = client.send("keep turning to the left", max_steps=1000)
+            run = client.send("keep raising the forearm", max_steps=1000)
             accepted = run.wait_accepted(10.0)
             if accepted:
                 break
@@ -77,23 +78,21 @@ def test_goal_moves_the_sim_arm_and_cancel_holds_it(processes, tmp_path, rclpy_c
         # Cancel while the arm moves: it brakes and holds still within 1 s. "Still": velocities under
         # 0.2 rad/s (the arm was moving at ~1 rad/s; the sim's position servos ring a little after a
         # stop) and the arm no longer travels (positions within 0.03 rad).
-        assert wait_for(lambda: len([f for f in run.feedback if f.phase == "running"]) >= 3, 20.0)
+        assert wait_for(lambda: np.abs(watcher.latest()[2]).max() > 0.5, 20.0), "the arm did not start moving"
         assert client.cancel(run)
         t_cancel = time.monotonic()
-        moving = watcher.between(t_cancel - 0.3, t_cancel)
-        assert max(np.abs(v).max() for _, _, v in moving) > 0.5, "the arm was not moving when canceled"
         assert run.wait(10.0) and run.status_name == "canceled" and run.result.reason == "canceled"
         time.sleep(1.5)
         settled = watcher.between(t_cancel + 1.0, t_cancel + 1.5)
         assert settled, "no joint states after the cancel"
-        trace = [(round(ts - t_cancel, 2), np.round(q[:3], 3).tolist(), np.round(v[:3], 2).tolist())
+        trace = [(round(ts - t_cancel, 2), np.round(q, 3).tolist(), np.round(v, 2).tolist())
                  for ts, q, v in watcher.between(t_cancel - 0.5, t_cancel + 1.5)[::4]]
         assert max(np.abs(v).max() for _, _, v in settled) < 0.2, "\n".join(map(str, trace))
         positions = np.array([q for _, q, _ in settled])
         assert np.ptp(positions, axis=0).max() < 0.03, np.ptp(positions, axis=0)
 
         # A goal with a step limit: feedback every step, then the result; the arm ends up moved.
-        run = client.run("turn to the left", max_steps=8, timeout=60.0)
+        run = client.run("raise the forearm", max_steps=8, timeout=60.0)
         assert run.result is not None, processes.log(server)
         assert run.status_name == "aborted" and run.result.reason == "max_steps"
         assert run.result.steps == 8 and run.result.episode_id and not run.result.success
@@ -103,7 +102,7 @@ def test_goal_moves_the_sim_arm_and_cancel_holds_it(processes, tmp_path, rclpy_c
         assert all(fb.inference_latency_ms > 0 and fb.mean_active_experts > 0 for fb in run.feedback
                    if fb.phase == "running")
         moved = watcher.latest()[1] - start_q
-        assert moved[0] > 0.1, f"joint1 moved only {moved[0]:.3f} rad"
+        assert moved[3] > 0.1, f"joint4 moved only {moved[3]:.3f} rad"
         assert sim.poll() is None and server.poll() is None
     finally:
         watcher.close()

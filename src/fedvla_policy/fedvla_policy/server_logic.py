@@ -63,7 +63,7 @@ class ServerConfig:
     on_new_goal: str = field(default="preempt", metadata={
         "help": "What a new goal does while one is running: 'preempt' it or be 'reject'ed."})
     hold_duration_s: float = field(default=0.2, metadata={"help": "Length of the hold trajectory sent on cancel/abort."})
-    stop_deceleration_scale: float = field(default=0.2, metadata={
+    stop_deceleration_scale: float = field(default=0.3, metadata={
         "help": "Fraction of the acceleration limits used to brake on cancel/abort (gentler = less ringing)."})
     velocity_scale: float = field(default=0.5, metadata={"help": "Fraction of the joint velocity limits used."})
     acceleration_scale: float = field(default=0.5, metadata={"help": "Fraction of the joint acceleration limits used."})

@@ -116,7 +116,7 @@ def to_joint_trajectory(traj) -> JointTrajectory:
 
 
 class _GoalRun:
-    """Book-keeping of the goal being executed."""
+    """Book-keeping of an accepted goal (running, or waiting for the one it preempts to stop)."""
 
     def __init__(self, goal_handle):
         self.goal_handle = goal_handle
@@ -138,7 +138,8 @@ class PolicyServer(Node):
         self._policy_path = ""
         self._pending_policy = None  # (policy, path) waiting for the running goal to end
         self._policy_lock = threading.Lock()
-        self._active: _GoalRun | None = None
+        self._active: _GoalRun | None = None  # the goal driving the arm
+        self._runs: dict[bytes, _GoalRun] = {}  # every accepted goal not finished yet
         self._active_lock = threading.Lock()
         self._success_time = -np.inf
         self._frame_waiters: list[Future] = []
@@ -315,7 +316,7 @@ class PolicyServer(Node):
         with self._policy_lock:
             loaded = self._policy is not None
         with self._active_lock:
-            running = self._active is not None
+            running = bool(self._runs)
         cameras = self.camera_names
         reason = goal_rejection_reason(
             goal.instruction, max_length=self.cfg.max_instruction_length, model_loaded=loaded,
@@ -328,9 +329,11 @@ class PolicyServer(Node):
         return GoalResponse.ACCEPT
 
     def _on_accepted(self, goal_handle) -> None:
+        """The newest accepted goal wins: every earlier one, running or still waiting, is preempted."""
         with self._active_lock:
-            if self._active is not None:
-                self._active.preempted = True
+            for other in self._runs.values():
+                other.preempted = True
+            self._runs[bytes(goal_handle.goal_id.uuid)] = _GoalRun(goal_handle)
         goal_handle.execute()
 
     async def _sleep(self, seconds: float, wake_on_frame: bool = False) -> None:
@@ -354,9 +357,15 @@ class PolicyServer(Node):
             self.destroy_timer(timer)
 
     async def _execute(self, goal_handle):
-        run = _GoalRun(goal_handle)
+        key = bytes(goal_handle.goal_id.uuid)
+        with self._active_lock:
+            run = self._runs[key]
         while True:  # a preempted goal is still finishing: wait for it
             with self._active_lock:
+                if run.preempted:  # an even newer goal came while this one waited
+                    del self._runs[key]
+                    goal_handle.abort()
+                    return ExecuteInstruction.Result(success=False, steps=0, reason="preempted")
                 if self._active is None:
                     self._active = run
                     break
@@ -366,6 +375,7 @@ class PolicyServer(Node):
         finally:
             with self._active_lock:
                 self._active = None
+                self._runs.pop(key, None)
                 pending, self._pending_policy = self._pending_policy, None
             if pending is not None:
                 self._set_policy(*pending)

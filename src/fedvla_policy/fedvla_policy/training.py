@@ -146,6 +146,9 @@ def train(policy: FedVLAPolicy, dataset: Dataset, cfg: TrainConfig | None = None
           trainable_groups: Iterable[str | int] | None = None) -> dict[str, Any]:
     """Train `policy` in place on a map-style dataset of single samples; returns metrics.
 
+    The policy is moved to the configured device and left there, in eval mode, with every
+    parameter's requires_grad restored.
+
     eval_hook(policy, step) is called every `eval_every` steps and once at the end (the policy is in
     eval mode during the call); the dicts it returns are collected under "evals".
     Returns: loss (mean of the last `loss_window` steps), first_loss, action_loss, aux_loss, steps,

@@ -80,7 +80,9 @@ class FedVLAConfig(PreTrainedConfig):
         metadata=_help("DGMoE: temperature of the sigmoid surrogate that carries gradients to the thresholds."),
     )
     dgmoe_threshold_init: float = field(
-        default=0.0, metadata=_help("DGMoE: initial w_e (0 gives theta_e = 0.5, i.e. a threshold of lambda/2).")
+        default=1.0,
+        metadata=_help("DGMoE: initial threshold logit w_e. 1.0 gives lambda*sigmoid(1) = 0.37 (measured ~1.2 experts/token "
+                       "after training, the paper's regime); 0.0 gives 0.25 = 1/n_experts for 4 experts (~1.7-1.9)."),
     )
     aux_loss_coef: float = field(default=0.01, metadata=_help("Weight of the MoE load-balance loss."))
 

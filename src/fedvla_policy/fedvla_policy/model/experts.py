@@ -74,12 +74,12 @@ def dispatch_to_experts(
     """
     order = torch.argsort(expert_idx, stable=True)
     counts = torch.bincount(expert_idx, minlength=len(experts))
-    return dispatch_grouped(x, experts, token_idx[order], expert_idx[order], weight[order], counts), counts
+    return dispatch_sorted(x, experts, token_idx[order], expert_idx[order], weight[order], counts), counts
 
 
-def dispatch_grouped(x: torch.Tensor, experts: nn.ModuleList, token_idx: torch.Tensor, expert_idx: torch.Tensor,
+def dispatch_sorted(x: torch.Tensor, experts: nn.ModuleList, token_idx: torch.Tensor, expert_idx: torch.Tensor,
                      weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Like :func:`dispatch_to_experts` for triples already grouped by expert (counts[e] consecutive triples each).
+    """Like :func:`dispatch_to_experts` for triples already sorted by expert (counts[e] consecutive triples each).
 
     Gather the tokens of each expert, run it, scale, scatter-add back. One host sync (the counts)
     per call, whatever the number of experts. Experts with no token are left out of the graph.
@@ -332,7 +332,7 @@ class DGMoE(_RoutedFFN):
         hard, weights = self.route(scores)
         counts = hard.sum(0)
         expert_idx, token_idx = hard.t().nonzero(as_tuple=True)  # expert-major: already grouped by expert
-        y = dispatch_grouped(flat, self.experts, token_idx, expert_idx, weights[token_idx, expert_idx], counts)
+        y = dispatch_sorted(flat, self.experts, token_idx, expert_idx, weights[token_idx, expert_idx], counts)
         self._record(counts, flat.shape[0])
         aux = load_balance_loss(scores, hard)
         return FFNOutput(y.reshape(shape), logits.reshape(*shape[:-1], -1), aux)

@@ -32,14 +32,14 @@ _LAYER = re.compile(r"^trunk\.layers\.(\d+)\.")
 _EXPERT = re.compile(r"\.ffn\.experts\.(\d+)\.")
 
 
-def _ffn_for(config: FedVLAConfig, n_experts: int, expert_hidden: int) -> ExpertFFN:
+def _ffn_for(config: FedVLAConfig, n_experts: int, expert_hidden: int, dense_hidden: int, shared_hidden: int
+             ) -> ExpertFFN:
+    """One FFN of the configured kind (trunk blocks and IOSP refiners differ only in their sizes)."""
     return build_ffn(
-        config.ffn_kind, config.d_model, n_experts, expert_hidden,
-        dense_hidden=n_experts * expert_hidden if n_experts != config.n_experts else config.resolved_dense_hidden,
-        shared_hidden=config.resolved_shared_expert_hidden if n_experts == config.n_experts else expert_hidden,
-        top_k=min(config.top_k, n_experts), lam=config.dgmoe_lambda, residual_gate=config.dgmoe_residual_gate,
-        temperature=config.dgmoe_threshold_temperature, dropout=config.dropout,
-        threshold_init=config.dgmoe_threshold_init)
+        config.ffn_kind, config.d_model, n_experts, expert_hidden, dense_hidden=dense_hidden,
+        shared_hidden=shared_hidden, top_k=min(config.top_k, n_experts), lam=config.dgmoe_lambda,
+        residual_gate=config.dgmoe_residual_gate, temperature=config.dgmoe_threshold_temperature,
+        dropout=config.dropout, threshold_init=config.dgmoe_threshold_init)
 
 
 class Stem(nn.Module):
@@ -54,7 +54,8 @@ class Stem(nn.Module):
         self.token_type = nn.Parameter(torch.zeros(2, d))  # instruction, proprioception
         self.iosp = None
         if config.use_iosp:
-            refiners = [_ffn_for(config, config.iosp_n_experts, config.iosp_expert_hidden) for _ in GROUPS]
+            n, h = config.iosp_n_experts, config.iosp_expert_hidden
+            refiners = [_ffn_for(config, n, h, dense_hidden=n * h, shared_hidden=h) for _ in GROUPS]
             self.iosp = InstructionSceneParser(d, config.iosp_topk, refiners)
 
 
@@ -70,7 +71,8 @@ class TrunkBlock(nn.Module):
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
         self.ffn_norm = nn.LayerNorm(d)
-        self.ffn = _ffn_for(config, config.n_experts, config.expert_hidden)
+        self.ffn = _ffn_for(config, config.n_experts, config.expert_hidden, config.resolved_dense_hidden,
+                            config.resolved_shared_expert_hidden)
 
     def forward(self, x: torch.Tensor, prior_logits: torch.Tensor | None):
         b, n, d = x.shape
@@ -127,7 +129,6 @@ class FedVLAPolicy(PreTrainedModel):
     config_class = FedVLAConfig
     base_model_prefix = "fedvla"
     main_input_name = "images"
-    _supports_sdpa = True
 
     def __init__(self, config: FedVLAConfig):
         super().__init__(config)
@@ -148,7 +149,7 @@ class FedVLAPolicy(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, DGMoE):
-            init.constant_(module.threshold, module.threshold_init)  # default 0: theta_e = sigmoid(0) = 0.5
+            init.constant_(module.threshold, module.threshold_init)  # w_e = config.dgmoe_threshold_init
             if module.prior is not None:
                 init.eye_(module.prior.weight)  # the previous layer's logits pass through at first
         elif isinstance(module, AdaMoE):
@@ -182,7 +183,8 @@ class FedVLAPolicy(PreTrainedModel):
         for name, value in (("action_mean", action_mean), ("action_std", action_std),
                             ("proprio_mean", proprio_mean), ("proprio_std", proprio_std)):
             buf = getattr(norm, name)
-            t = torch.as_tensor(np.asarray(value), dtype=buf.dtype).reshape(-1)
+            value = value.detach().cpu() if isinstance(value, torch.Tensor) else np.asarray(value)
+            t = torch.as_tensor(value, dtype=buf.dtype).reshape(-1).to(buf.device)
             if t.numel() != buf.numel():
                 raise ValueError(f"set_normalization: {name} has {t.numel()} values, expected {buf.numel()}")
             if name.endswith("std"):
