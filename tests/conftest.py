@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# MuJoCo picks its GL backend when it is first imported (test modules import it at collection).
+os.environ.setdefault("MUJOCO_GL", "egl")
 _domain_counter = itertools.count()
 
 

@@ -4,6 +4,7 @@
     fedvla-sim tasks
     fedvla-sim check --suite panda --task stack_red_on_green --seeds 10
     fedvla-sim preview --task push_blue_block_left --out preview.png
+    fedvla-sim eval --checkpoint checkpoints/panda_base --suite panda --seeds 10 --out eval.json
 """
 from __future__ import annotations
 
@@ -82,6 +83,22 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from fedvla_sim.policy_eval import EvalConfig, evaluate
+
+    cfg = EvalConfig(checkpoint=args.checkpoint, suite=args.suite, tasks=tuple(args.tasks), seed_start=args.seed_start,
+                     seeds=args.seeds, max_steps=args.max_steps, execute_steps=args.execute_steps,
+                     camera_size=args.camera_size, workers=args.workers, device=args.device)
+    result = evaluate(cfg)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    print(json.dumps({"per_task_success": result["per_task_success"], "mean_success": result["mean_success"],
+                      "wall_time_s": result["wall_time_s"]}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedvla-sim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--seeds", type=int, default=20, help="Number of seeds.")
     chk.add_argument("--seed-start", type=int, default=0, help="First seed.")
     chk.set_defaults(func=_cmd_check)
+    ev = sub.add_parser("eval", help="Closed-loop success rate of a policy checkpoint on held-out seeds.")
+    from fedvla_sim.policy_eval import EvalConfig
+    for f in dataclasses.fields(EvalConfig):
+        flag = "--" + f.name.replace("_", "-")
+        helptext = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if f.name == "tasks":
+            ev.add_argument(flag, nargs="*", default=[], help=helptext)
+        else:
+            ev.add_argument(flag, type=type(f.default), default=f.default, help=helptext, required=f.name == "checkpoint")
+    ev.add_argument("--out", default="", help="Write the full result (every episode) to this JSON file.")
+    ev.set_defaults(func=_cmd_eval)
     pre = sub.add_parser("preview", help="Save the first observation's camera images as one PNG.")
     pre.add_argument("--suite", choices=("panda", "metaworld"), default="panda", help="Task suite.")
     pre.add_argument("--task", default="put_red_block_in_bowl", help="Task name.")
