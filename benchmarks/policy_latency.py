@@ -231,6 +231,12 @@ def main(argv=None) -> int:
             with tempfile.TemporaryDirectory(prefix="fedvla_latency_") as tmp:
                 results["end_to_end_cpu"] = bench_node(args.n, args.warmup, args.frame_period, Path(tmp))
             print(f"end_to_end_cpu: {results['end_to_end_cpu']}")
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if args.device == "cpu":
+        results["notes"] = (
+            f"CPU numbers measured with a 1-minute load average of {load:.1f} on {cores} cores (other jobs "
+            "shared the machine); p50/p99 are pessimistic when the load exceeds the core count, and min_ms "
+            "approximates an idle machine. end_to_end_cpu.inference_in_node is model.act inside the node.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

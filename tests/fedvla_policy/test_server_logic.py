@@ -52,6 +52,10 @@ def test_snapshot_needs_all_cameras_in_sync_and_new():
     snap = inputs.snapshot(cams, 0.1)
     assert snap is not None and set(snap.images) == set(cams) and snap.newest_frame_received == 10.6
     assert inputs.snapshot(cams, 0.1, after=10.6) is None  # nothing new since the last step
+    inputs.put_frame("agentview", _frame(100.1, 10.7))
+    assert inputs.snapshot(cams, 0.1, after=10.6) is None  # only one camera is new: wait for the other
+    inputs.put_frame("wrist", _frame(100.12, 10.72))
+    assert inputs.snapshot(cams, 0.1, after=10.6).newest_frame_received == 10.72
 
 
 def test_stale_reason_names_the_input():

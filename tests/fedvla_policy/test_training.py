@@ -70,12 +70,12 @@ def test_tiny_model_overfits_tiny_dataset():
     policy = tiny_policy()
     ds = TinyEpisodes()
     evals = []
-    metrics = train(policy, ds, TrainConfig(max_steps=250, batch_size=8, lr=2e-3, warmup=10, seed=0, device="cpu",
-                                            eval_every=100, progress=False, loss_window=5),
+    metrics = train(policy, ds, TrainConfig(max_steps=150, batch_size=8, lr=2e-3, warmup=10, seed=0, device="cpu",
+                                            eval_every=60, progress=False, loss_window=5),
                     eval_hook=lambda p, step: evals.append(step) or {"training": float(p.training)})
-    assert metrics["steps"] == 250 and metrics["num_examples"] == 8 and metrics["samples_seen"] == 2000
+    assert metrics["steps"] == 150 and metrics["num_examples"] == 8 and metrics["samples_seen"] == 1200
     assert metrics["action_loss"] < metrics["first_loss"] / 10, metrics
-    assert evals == [100, 200, 250]
+    assert evals == [60, 120, 150]
     assert [e["step"] for e in metrics["evals"]] == evals and metrics["evals"][0]["training"] == 0.0
     assert policy.has_normalization  # fitted from the dataset
     assert 1.0 <= metrics["mean_active_experts"] <= 4.0
@@ -83,7 +83,7 @@ def test_tiny_model_overfits_tiny_dataset():
     # The trained policy reproduces its training actions (in the original units).
     policy.eval()
     pred = policy.predict_action_chunk(collate_samples([ds[i] for i in range(1, 8)]))
-    assert torch.mean(torch.abs(pred - ds.actions[1:])) < 0.5  # actions have std 3
+    assert torch.mean(torch.abs(pred - ds.actions[1:])) < 0.6  # actions have std 3 (mean predictor: ~2.4)
 
 
 def test_fedprox_keeps_the_trunk_near_the_reference():

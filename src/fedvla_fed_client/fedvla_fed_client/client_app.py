@@ -28,6 +28,7 @@ from flwr.clientapp import ClientApp
 from fedvla_fed_client.local_round import LocalRoundConfig, LocalRoundResult, run_local_round
 from fedvla_fed_client.local_trainer import TrainerError, TrainerUnavailable, request_round
 from fedvla_fed_client.round_gate import RoundReport, wait_and_take_gate, write_report
+from fedvla_fed_server.array_packing import pack_arrays, unpack_arrays
 
 log = logging.getLogger("fedvla.client")
 
@@ -94,7 +95,7 @@ def train(msg: Message, context: Context) -> Message:
         return Message(RecordDict({"arrays": ArrayRecord(), "metrics": MetricRecord(
             {"num-examples": 0, "bytes-down": bytes_down})}), reply_to=msg)
     try:
-        global_arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        global_arrays = unpack_arrays({k: v.numpy() for k, v in msg.content["arrays"].items()})
         result, handoff = _train(cfg, global_arrays, str(dict(context.node_config).get("local-trainer", "auto")),
                                  float(dict(msg.content["config"]).get("round-timeout", 3600.0))
                                  if "config" in msg.content else 3600.0)
@@ -104,7 +105,7 @@ def train(msg: Message, context: Context) -> Message:
                                                   bytes_down=bytes_down, message=f"{type(err).__name__}: {err}"))
         return Message(RecordDict({"arrays": ArrayRecord(), "metrics": MetricRecord(
             {"num-examples": 0, "bytes-down": bytes_down, "failed": 1})}), reply_to=msg)
-    record = _record(result.upload)
+    record = _record(pack_arrays(result.upload))  # one flat array per dtype: far fewer Flower objects
     bytes_up = record.count_bytes()
     metrics = dict(result.metrics, **handoff, **{"bytes-up": bytes_up, "bytes-down": bytes_down,
                                       "round-client-s": time.monotonic() - t0})

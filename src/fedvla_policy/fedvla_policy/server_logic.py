@@ -211,7 +211,8 @@ class LatestInputs:
 
     def snapshot(self, cameras: list[str], max_skew: float, after: float = -np.inf) -> Snapshot | None:
         """Latest frames + joint state, or None when a frame is missing, the set is inconsistent
-        (frames further apart than ``max_skew``) or nothing new arrived since ``after``."""
+        (frames further apart than ``max_skew``) or not every camera has a frame newer than ``after``
+        (one step per complete set of new frames, not one per camera message)."""
         with self._lock:
             frames = [self._frames.get(c) for c in cameras]
             joint = self._joint
@@ -220,9 +221,9 @@ class LatestInputs:
         stamps = [f.stamp if all(g.stamp > 0 for g in frames) else f.received for f in frames]
         if max(stamps) - min(stamps) > max_skew:
             return None
-        newest = max(f.received for f in frames)
-        if newest <= after:
+        if min(f.received for f in frames) <= after:
             return None
+        newest = max(f.received for f in frames)
         return Snapshot({c: f.image for c, f in zip(cameras, frames)}, joint, newest)
 
 

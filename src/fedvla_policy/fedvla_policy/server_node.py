@@ -80,19 +80,21 @@ def load_policy(path: str, device: str = "cpu"):
 
 
 def expert_usage_layers(policy) -> tuple[list[tuple[list[int], float]], float]:
-    """Per-layer (expert counts, mean active experts) and the overall mean, from the policy's stats."""
-    counts = policy.expert_counts()
-    if isinstance(counts, dict):
-        counts = [counts[k] for k in sorted(counts)]
-    counts = [np.asarray(c.detach().cpu() if hasattr(c, "detach") else c).astype(np.int64).ravel() for c in counts]
-    means = policy.mean_active_experts()
-    if np.ndim(means) == 0:
-        overall = float(means)
-        per_layer = [overall] * len(counts)
-    else:
-        per_layer = [float(m) for m in np.asarray(means).ravel()]
-        overall = float(np.mean(per_layer)) if per_layer else 0.0
-    return [(c.tolist(), per_layer[i] if i < len(per_layer) else overall) for i, c in enumerate(counts)], overall
+    """Per trunk layer (expert counts, mean active experts per token) and the overall mean, since the
+    last reset_expert_stats() (the start of the goal)."""
+    counts = [np.asarray(c, dtype=np.int64).ravel().tolist() for c in policy.expert_counts()]
+    overall = float(policy.mean_active_experts())
+    ffns = policy.trunk_ffns() if hasattr(policy, "trunk_ffns") else []
+    per_layer = [float(f.mean_active_experts()) for f in ffns] if len(ffns) == len(counts) else [overall] * len(counts)
+    return list(zip(counts, per_layer)), overall
+
+
+def routed_and_tokens(policy) -> tuple[int, int] | None:
+    """(expert activations, tokens) of the trunk since the last reset, to get one step's mean by difference."""
+    if not hasattr(policy, "trunk_ffns"):
+        return None
+    ffns = policy.trunk_ffns()
+    return sum(sum(f.expert_counts()) for f in ffns), sum(int(f.tokens_seen()) for f in ffns)
 
 
 def to_joint_trajectory(traj) -> JointTrajectory:
@@ -491,6 +493,7 @@ class PolicyServer(Node):
                 current, velocity = current_positions(snap.joint, cfg.arm_joint_names, cfg.gripper_joint)
             except KeyError as exc:
                 return finish("abort", f"joint state: {exc.args[0]}", hold=False)
+            before = routed_and_tokens(policy)
             t0 = time.perf_counter()
             try:
                 chunk = np.asarray(policy.act({"images": snap.images, "instruction": goal.instruction,
@@ -500,6 +503,7 @@ class PolicyServer(Node):
                 return finish("abort", f"policy error: {exc}")
             t_act = time.perf_counter()
             latency_ms = (t_act - t0) * 1e3
+            after = routed_and_tokens(policy)
             current, velocity = self.reference.state(time.monotonic(), current, velocity)
             try:
                 traj = self.motion.plan(current, chunk[:horizon], velocity)
@@ -515,7 +519,9 @@ class PolicyServer(Node):
                 f"act {latency_ms:.1f} ms, plan+publish {1e3 * (time.perf_counter() - t_act):.1f} ms")
             step += 1
             last_step_time = time.monotonic()
-            mean_active = self._publish_usage(policy, episode_id)
+            mean_active = self._publish_usage(policy, episode_id)  # since the goal started
+            if before is not None and after is not None and after[1] > before[1]:
+                mean_active = (after[0] - before[0]) / (after[1] - before[1])  # this step's forward pass
             feedback("running")
             next_tick = max(next_tick + period, time.monotonic())
             # Sleep until the next tick; a fresh frame is waited for at the top of the loop.

@@ -28,6 +28,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
+from ..array_packing import unpack_arrays
 from .eda import expert_client_weights, layer_client_weights
 from .validation import check_update, parse_counts
 
@@ -35,8 +36,8 @@ log = logging.getLogger("fedvla.federation")
 
 
 def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """ArrayRecord -> {name: ndarray}."""
-    return {k: v.numpy() for k, v in record.items()}
+    """ArrayRecord -> {name: ndarray}; a packed record (see ..array_packing) is unpacked."""
+    return unpack_arrays({k: v.numpy() for k, v in record.items()})
 
 
 def numpy_to_arrays(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
