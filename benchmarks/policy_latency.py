@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -110,7 +109,7 @@ def bench_node(n: int, warmup: int, frame_period: float, workdir: Path) -> dict:
         [sys.executable, "-m", "fedvla_policy.server_node", "--ros-args", "--params-file",
          str(REPO / "src/fedvla_policy/config/policy_server.yaml"), "-p", f"checkpoint:={ckpt}",
          "-p", "control_rate_hz:=50.0", "-p", f"stale_input_timeout_s:={max(2.0, 4 * frame_period)}",
-         "-p", "default_time_limit_s:=3600.0", "--log-level", "policy_server:=debug"],
+         "-p", "default_time_limit_s:=3600.0"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     rclpy.init()
     node = rclpy.create_node("latency_bench_robot")
@@ -179,7 +178,6 @@ def bench_node(n: int, warmup: int, frame_period: float, workdir: Path) -> dict:
             if t_traj is not None and k >= warmup:
                 latencies.append((t_traj - t_pub) * 1e3)
             time.sleep(max(0.0, frame_period - (time.perf_counter() - t_pub)))
-        shutil.copy(workdir / "server.log", RESULTS.parent / "policy_latency_server.log")
         inference = [fb.inference_latency_ms for fb in run.feedback if fb.phase == "running"][warmup:]
         client.cancel(run)
         run.wait(10.0)

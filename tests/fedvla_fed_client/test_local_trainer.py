@@ -109,3 +109,31 @@ def test_killed_trainer_means_in_process_training_and_one_trainer_per_robot(trai
     result, handoff = _train(round_config(robot, 1), trunk, "auto", 60)
     assert handoff == {"warm-trainer": 0} and set(result.upload) == set(trunk)
     assert result.metrics["num-examples"] == 16
+
+
+def test_trainer_exits_when_its_parent_dies(tmp_path):
+    """A supervisor killed with SIGKILL leaves no orphan trainer behind (it watches its parent's pid)."""
+    import subprocess
+    import sys
+    import time
+
+    robot = tmp_path / "robot"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from fedvla_fed_client.local_trainer import LocalTrainerProcess\n"
+        f"p = LocalTrainerProcess({str(robot)!r}, log_path={str(tmp_path / 'trainer.log')!r})\n"
+        "p.start(); assert p.wait_ready(60); print(p.pid, flush=True); time.sleep(600)\n")],
+        stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        trainer_pid = int(parent.stdout.readline())
+        assert read_discovery(robot)["pid"] == trainer_pid
+        os.killpg(parent.pid, signal.SIGKILL)  # the trainer runs in its own session: it survives this
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and read_discovery(robot) is not None:
+            time.sleep(0.2)
+        assert read_discovery(robot) is None and not (robot / DISCOVERY_FILE).exists()
+        assert "parent" in (tmp_path / "trainer.log").read_text()
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)

@@ -42,7 +42,7 @@ def test_supervisor_runs_the_warm_trainer_and_restarts_it(tmp_path):
 
     sup = SuperNodeSupervisor(f"127.0.0.1:{free_port()}", {"robot-id": "r1", "episode-dir": str(tmp_path)},
                               insecure=True, log_path=tmp_path / "sn.log", restart_backoff_s=0.5)
-    assert sup.env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.1"
+    assert sup.env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.25"
     assert SuperNodeSupervisor("x:1", {"episode-dir": str(tmp_path)}, insecure=True, local_trainer=False).trainer is None
     try:
         sup.start()

@@ -14,7 +14,9 @@ Training itself goes to the robot's warm local trainer when one runs
 (:mod:`fedvla_fed_client.local_trainer`, started next to the SuperNode by SuperNodeSupervisor):
 this process then imports only flwr + numpy, hands the global arrays over a local Unix socket
 and waits. Without a trainer (the simulation engine, tests, node-config ``local-trainer="off"``)
-or when it dies mid-round, the round runs in this process as before.
+or when it dies mid-round, the round runs in this process as before. Arrays travel packed (one
+flat array per dtype, see fedvla_fed_server.array_packing): Flower moves each array as separate
+HTTP objects, and ~100 small ones per message cost far more than the bytes.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ log = logging.getLogger("fedvla.client")
 app = ClientApp()
 
 
-def _round_config(msg: Message, context: Context) -> tuple[LocalRoundConfig, float]:
+def _round_config(msg: Message, context: Context) -> tuple[LocalRoundConfig, float, float]:
+    """The local round's config, the gate timeout and how long to wait for the warm trainer."""
     node = dict(context.node_config)
     conf = dict(msg.content["config"]) if "config" in msg.content else {}
     cfg = LocalRoundConfig(
@@ -55,7 +58,7 @@ def _round_config(msg: Message, context: Context) -> tuple[LocalRoundConfig, flo
         upload_dtype=str(conf.get("upload-dtype", "float32")),
         fault_injection=str(node.get("fault-injection", "")),
     )
-    return cfg, float(conf.get("gate-timeout", 120.0))
+    return cfg, float(conf.get("gate-timeout", 120.0)), float(conf.get("round-timeout", 3600.0))
 
 
 def _train(cfg: LocalRoundConfig, global_arrays: dict, mode: str, timeout_s: float) -> tuple[LocalRoundResult, dict]:
@@ -83,7 +86,7 @@ def train(msg: Message, context: Context) -> Message:
     """One federated round on this robot."""
     logging.basicConfig(level=logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    cfg, gate_timeout = _round_config(msg, context)
+    cfg, gate_timeout, trainer_timeout = _round_config(msg, context)
     bytes_down = msg.content["arrays"].count_bytes() if "arrays" in msg.content else 0
     t0 = time.monotonic()
     try:
@@ -96,9 +99,8 @@ def train(msg: Message, context: Context) -> Message:
             {"num-examples": 0, "bytes-down": bytes_down})}), reply_to=msg)
     try:
         global_arrays = unpack_arrays({k: v.numpy() for k, v in msg.content["arrays"].items()})
-        result, handoff = _train(cfg, global_arrays, str(dict(context.node_config).get("local-trainer", "auto")),
-                                 float(dict(msg.content["config"]).get("round-timeout", 3600.0))
-                                 if "config" in msg.content else 3600.0)
+        mode = str(dict(context.node_config).get("local-trainer", "auto"))
+        result, handoff = _train(cfg, global_arrays, mode, trainer_timeout)
     except Exception as err:  # noqa: BLE001 - report the failure to the robot, send an empty update
         log.error("local round failed: %s\n%s", err, traceback.format_exc())
         write_report(cfg.episode_dir, RoundReport(server_round=cfg.server_round, state="failed",

@@ -37,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, fields
@@ -167,10 +168,13 @@ class LocalTrainerConfig:
     base_checkpoint: str = field(default="", metadata={"help": "Base policy to preload before the first local round."})
     robot_id: str = field(default="", metadata={"help": "The robot's id, for logs."})
     warm_up: bool = field(default=True, metadata={"help": "Import torch, load MiniLM, the policy and episodes at start."})
+    parent_pid: int = field(default=0, metadata={"help": "Exit when this process is gone (0 = never): no orphan trainers."})
 
     def __post_init__(self):
         if not self.episode_dir:
             raise ValueError("LocalTrainerConfig.episode_dir: required")
+        if self.parent_pid < 0:
+            raise ValueError(f"LocalTrainerConfig.parent_pid: must be >= 0 (got {self.parent_pid})")
         self.episode_dir = str(Path(self.episode_dir).resolve())
 
 
@@ -319,14 +323,15 @@ class LocalTrainerProcess:
     def __init__(self, episode_dir, policy_dir: str = "", base_checkpoint: str = "", robot_id: str = "",
                  log_path=None, env: Mapping[str, str] | None = None):
         self.cfg = LocalTrainerConfig(episode_dir=str(episode_dir), policy_dir=policy_dir,
-                                      base_checkpoint=base_checkpoint, robot_id=robot_id)
+                                      base_checkpoint=base_checkpoint, robot_id=robot_id, parent_pid=os.getpid())
         self.log_path = Path(log_path) if log_path else None
         self.env = dict(env or {})
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
         c = self.cfg
-        cmd = [sys.executable, "-m", "fedvla_fed_client.local_trainer", "--episode-dir", c.episode_dir]
+        cmd = [sys.executable, "-m", "fedvla_fed_client.local_trainer", "--episode-dir", c.episode_dir,
+               "--parent-pid", str(c.parent_pid)]
         for flag, value in (("--policy-dir", c.policy_dir), ("--base-checkpoint", c.base_checkpoint),
                             ("--robot-id", c.robot_id)):
             if value:
@@ -387,6 +392,17 @@ def _terminate(signum, _frame):
     raise SystemExit(128 + signum)
 
 
+def _exit_with_parent(parent_pid: int, period_s: float = 2.0) -> None:
+    """Daemon thread: SIGTERM ourselves once the parent (the supervisor's process) is gone."""
+    def watch() -> None:
+        while _pid_alive(parent_pid):
+            time.sleep(period_s)
+        log.warning("parent %d is gone; stopping", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fedvla_fed_client.local_trainer",
@@ -397,12 +413,15 @@ def main(argv: list[str] | None = None) -> int:
         if f.type in (bool, "bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
         else:
-            parser.add_argument(flag, default=f.default, help=f.metadata["help"], required=f.name == "episode_dir")
+            parser.add_argument(flag, default=f.default, help=f.metadata["help"], required=f.name == "episode_dir",
+                                type=int if f.type in (int, "int") else str)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     cfg = LocalTrainerConfig(**vars(args))
     trainer = LocalTrainer(cfg)
     signal.signal(signal.SIGTERM, _terminate)
+    if cfg.parent_pid > 0:
+        _exit_with_parent(cfg.parent_pid)
     try:
         trainer.open()
     except RuntimeError as err:

@@ -23,9 +23,10 @@ it when it exits; the ClientApp hands its rounds to it, so a round does not pay 
 torch and loading the model. A SuperNode restart leaves the trainer (and its warm state) alone.
 
 Latency: the supervisor sets ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (how often the SuperNode's
-SuperExec looks for a message to start a ClientApp for; flwr's default is 1 s) to 0.1 s unless
-``env`` says otherwise. The SuperNode's own 3 s wait between pulls from the SuperLink is fixed
-in flwr 1.41 (no flag or variable).
+SuperExec asks for a message to start a ClientApp for; flwr's default is 1 s) to 0.25 s unless
+``env`` says otherwise: ~0.4 s less per round for ~2.5% of one core while idle (measured; 0.1 s
+costs ~6%). The SuperNode's own 3 s wait between pulls from the SuperLink is fixed in flwr 1.41
+(no flag or variable), as is one fresh ``flwr-clientapp`` process per message.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ from typing import Mapping, Sequence
 WEDGE_PATTERNS = ("Cannot record end time",)
 
 #: Environment defaults for the SuperNode (``env`` overrides them): faster ClientApp launch.
-SUPERNODE_ENV_DEFAULTS = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
+SUPERNODE_ENV_DEFAULTS = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.25"}
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -46,6 +46,8 @@ class TrainConfig:
     fit_normalization: bool = field(
         default=True, metadata={"help": "Set the policy's normalization from the dataset when it has none yet."})
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar."})
+    max_time_s: float = field(default=0.0, metadata={"help": "Stop after this many seconds of training (0 = no limit); "
+                                                              "a guard for time-boxed runs, the schedule is not shortened."})
     loss_window: int = field(default=20, metadata={"help": "Steps averaged into the reported final loss."})
 
     def __post_init__(self):
@@ -239,6 +241,9 @@ def train(policy: FedVLAPolicy, dataset: Dataset, cfg: TrainConfig | None = None
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
                     run_eval(step)
                 if step >= total_steps:
+                    break
+                if cfg.max_time_s and time.perf_counter() - start > cfg.max_time_s:
+                    total_steps = step  # time box reached: stop here
                     break
         run_eval(step)
     finally:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Here (CPU machine): gather what the GPU machine lacks into ignored folders that `device run` carries:
+# .whl (cp312 wheels: mujoco, mink, mcap, rosbags, flwr, ...), .gl (glvnd EGL loader debs),
+# .carry (Panda MJCF, ROS .msg definitions for the episode format, precomputed MiniLM instruction
+# embeddings: the 90 MB MiniLM itself does not fit the 64 MiB carry limit).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PIP=(.venv/bin/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
+     --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 -d .whl)
+"${PIP[@]}" mujoco==3.10.0 mink==1.3.0 daqp==0.11.0 qpsolvers==4.13.0 toppra==0.6.10 mcap==1.6.0 \
+  mcap-ros2-support==0.6.0 rosbags==0.11.9 gymnasium==1.4.0 lz4==4.4.5 ruamel.yaml==0.19.1 zstandard==0.25.0 \
+  flwr==1.41.0 absl-py==2.5.1 etils==1.15.0 glfw==2.11.0 PyOpenGL==3.1.10 apsw==3.54.1.0 backports.zstd==1.8.0 \
+  fsspec==2026.9.0 zipp==4.1.2 importlib_resources
+mkdir -p .gl /tmp/amd64/partial
+o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+apt-get $o update -qq && (cd .gl && apt-get $o download libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+mkdir -p .carry/ros/share
+cp -r "$(.venv/bin/python -c 'from fedvla_sim.scene import franka_assets_dir; print(franka_assets_dir())')" .carry/
+for p in sensor_msgs std_msgs geometry_msgs builtin_interfaces trajectory_msgs; do
+  mkdir -p .carry/ros/share/$p && cp -r .venv/share/$p/msg .carry/ros/share/$p/
+done
+.venv/bin/python - <<'PY'
+from fedvla_policy.model.encoders import FrozenSentenceEncoder
+from fedvla_sim.metaworld_env import METAWORLD_TASKS
+from fedvla_sim.tasks import TASKS
+texts = sorted({p for t in TASKS.values() for p in t.phrasings} | {p for ps in METAWORLD_TASKS.values() for p in ps})
+FrozenSentenceEncoder("", 32).save_cache(".carry/lang_cache.pt", texts)
+print(f"{len(texts)} instructions cached")
+PY
+du -sh .whl .gl .carry
