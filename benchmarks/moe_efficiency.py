@@ -231,6 +231,7 @@ def measure_all(preps: dict[str, dict], args, device: torch.device) -> list[dict
                     "device": device.type, "device_name": device_name(device),
                     "threads": torch.get_num_threads() if device.type == "cpu" else None,
                     "dtype": args.dtype, "dispatch": mode, "batch_size": bs,
+                    "run_dgmoe_threshold_init": args.run_threshold_init,
                     "tokens_per_sample": prep["seqs"][bs].shape[1], **prep["summary"],
                     "trunk_inference_ms": inf["p50_ms"], "trunk_inference_p90_ms": inf["p90_ms"],
                     "trunk_fwd_bwd_ms": trn["p50_ms"], "trunk_fwd_bwd_p90_ms": trn["p90_ms"],
@@ -290,14 +291,15 @@ def measure_act(args, device: torch.device, base: dict) -> dict:
 
 def ratios(rows: list[dict]) -> list[dict]:
     """dgmoe / top-2 ratios for each group of rows measured under the same conditions."""
-    group = ("device", "device_name", "batch_size", "dtype", "dispatch", "d_model", "n_layers")
+    group = ("device", "device_name", "batch_size", "dtype", "dispatch", "d_model", "n_layers",
+             "run_dgmoe_threshold_init")
     out = []
     for d in (r for r in rows if r["kind"] == "dgmoe"):
         same = [r for r in rows if r["kind"] == "topk" and all(r.get(k) == d.get(k) for k in group)]
         if not same:
             continue
         t = same[-1]
-        out.append({**{k: d.get(k) for k in group}, "dgmoe_threshold_init": d.get("dgmoe_threshold_init"),
+        out.append({**{k: d.get(k) for k in group},
                     "dgmoe_mean_active_experts": d["mean_active_experts"],
                     "dgmoe_over_top2_inference": d["trunk_inference_ms"] / t["trunk_inference_ms"],
                     "dgmoe_over_top2_fwd_bwd": d["trunk_fwd_bwd_ms"] / t["trunk_fwd_bwd_ms"],
@@ -308,7 +310,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 def merge(path: Path, new_rows: list[dict], act: dict | None) -> dict:
     data = json.loads(path.read_text()) if path.exists() else {}
-    key = ("device", "device_name", "kind", "batch_size", "dtype", "dispatch", "dgmoe_threshold_init", "d_model")
+    key = ("device", "device_name", "kind", "batch_size", "dtype", "dispatch", "run_dgmoe_threshold_init", "d_model")
     same = lambda r, n: all(r.get(k) == n.get(k) for k in key)
     rows = [r for r in data.get("rows", []) if not any(same(r, n) for n in new_rows)] + new_rows
     acts = data.get("act_latency", [])
@@ -385,6 +387,8 @@ def main(argv=None) -> int:
         eval_data = ReachingTask(max(args.batch_sizes[0], 64), probe, seed=args.seed + 1)
         args.data_label = f"synthetic reaching task ({args.samples} samples)"
 
+    args.run_threshold_init = (FedVLAConfig().dgmoe_threshold_init if args.dgmoe_threshold_init is None
+                               else args.dgmoe_threshold_init)  # labels every row of this run (pairs ratios)
     args.dispatch = args.dispatch or (["loop", "grouped"] if cuda else ["loop"])
     experts_module.DISPATCH = args.dispatch[0]  # training and routing statistics use the first
     preps = {kind: prepare_kind(kind, args, device, base, train_data, eval_data) for kind in args.kinds}

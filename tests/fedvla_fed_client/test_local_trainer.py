@@ -124,6 +124,7 @@ def test_trainer_exits_when_its_parent_dies(tmp_path):
         f"p = LocalTrainerProcess({str(robot)!r}, log_path={str(tmp_path / 'trainer.log')!r})\n"
         "p.start(); assert p.wait_ready(60); print(p.pid, flush=True); time.sleep(600)\n")],
         stdout=subprocess.PIPE, text=True, start_new_session=True)
+    trainer_pid = 0
     try:
         trainer_pid = int(parent.stdout.readline())
         assert read_discovery(robot)["pid"] == trainer_pid
@@ -137,3 +138,5 @@ def test_trainer_exits_when_its_parent_dies(tmp_path):
     finally:
         if parent.poll() is None:
             os.killpg(parent.pid, signal.SIGKILL)
+        if trainer_pid and read_discovery(robot) is not None:
+            os.kill(trainer_pid, signal.SIGKILL)  # the test failed: leave nothing behind

@@ -19,3 +19,15 @@ def test_saved_cache_serves_identical_embeddings_without_minilm(tmp_path, monkey
     assert cached.model is None  # MiniLM was never needed
     with pytest.raises(FileNotFoundError, match=LANGUAGE_CACHE_ENV):
         cached.encode(["an instruction nobody cached"])
+
+
+def test_random_shift_moves_content_and_keeps_shape():
+    from fedvla_policy.model.encoders import random_shift
+
+    torch.manual_seed(0)
+    img = torch.zeros(64, 2, 3, 16, 16)
+    img[..., 8, 8] = 1.0
+    out = random_shift(img, 3)
+    assert out.shape == img.shape
+    peaks = {tuple((o[0, 0] == 1).nonzero()[0].tolist()) for o in out}
+    assert len(peaks) > 5 and all(abs(r - 8) <= 3 and abs(c - 8) <= 3 for r, c in peaks)

@@ -101,6 +101,11 @@ class FedVLAConfig(PreTrainedConfig):
     max_instruction_tokens: int = field(default=32, metadata=_help("Instructions are truncated to this many tokens."))
 
     # Loss.
+    proprio_dropout: float = field(default=0.0, metadata=_help(
+        "Training only: fraction of samples whose proprioception is zeroed, so the policy must read the scene "
+        "(against the copycat shortcut of behaviour cloning from joint states)."))
+    image_shift_aug: int = field(default=0, metadata=_help(
+        "Training only: random-shift augmentation of every camera image by up to this many pixels (0 = off)."))
     huber_delta: float = field(default=1.0, metadata=_help("Delta of the Huber loss on normalized actions."))
     initializer_range: float = field(default=0.02, metadata=_help("Std of the normal init of linear layers."))
 
@@ -130,6 +135,8 @@ class FedVLAConfig(PreTrainedConfig):
         need(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         need(self.aux_loss_coef >= 0, "aux_loss_coef", "must be >= 0")
         need(self.huber_delta > 0, "huber_delta", "must be positive")
+        need(0.0 <= self.proprio_dropout < 1.0, "proprio_dropout", "must be in [0, 1)")
+        need(self.image_shift_aug >= 0, "image_shift_aug", "must be >= 0")
         need(self.dense_hidden is None or self.dense_hidden > 0, "dense_hidden", "must be None or positive")
         need(self.shared_expert_hidden is None or self.shared_expert_hidden > 0, "shared_expert_hidden", "must be None or positive")
         n_tokens = len(self.camera_names) * (self.image_size // self.patch_size) ** 2

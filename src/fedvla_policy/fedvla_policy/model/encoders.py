@@ -31,6 +31,23 @@ def images_to_float(images: torch.Tensor, size: int) -> torch.Tensor:
     return (x * 2.0 - 1.0).reshape(*lead, 3, size, size)
 
 
+def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """DrQ-style augmentation: replicate-pad each image by `pad` pixels and crop back at a random offset.
+
+    images (..., 3, S, S) -> same shape; each image gets its own offset.
+    """
+    lead, (c, h, w) = images.shape[:-3], images.shape[-3:]
+    x = F.pad(images.reshape(-1, c, h, w), (pad, pad, pad, pad), mode="replicate")
+    n = x.shape[0]
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None])  # (n, h)
+    cols = (dx[:, None] + torch.arange(w, device=x.device)[None])  # (n, w)
+    idx = torch.arange(n, device=x.device)[:, None, None]
+    out = x.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]]  # (n, h, w, c)
+    return out.permute(0, 3, 1, 2).reshape(*lead, c, h, w)
+
+
 class VisionPatchEncoder(nn.Module):
     """Images of every camera -> one token per patch, with a learned (camera, patch) position embedding.
 

@@ -23,7 +23,7 @@ from transformers import initialization as init
 
 from .configuration import FedVLAConfig
 from .encoders import (FrozenSentenceEncoder, InstructionProjector, ProprioEncoder, VisionPatchEncoder,
-                       images_to_float)
+                       images_to_float, random_shift)
 from .experts import AdaMoE, DGMoE, ExpertFFN, build_ffn
 from .scene_parsing import GROUPS, InstructionSceneParser, patch_ids_from_masks
 
@@ -211,6 +211,8 @@ class FedVLAPolicy(PreTrainedModel):
         cfg = self.config
         device = self.device
         images = images_to_float(batch["images"].to(device, non_blocking=True), cfg.image_size)
+        if self.training and cfg.image_shift_aug:
+            images = random_shift(images, cfg.image_shift_aug)
         b = images.shape[0]
         instructions = list(batch["instruction"])
         if len(instructions) != b:
@@ -218,6 +220,9 @@ class FedVLAPolicy(PreTrainedModel):
         sentence, lang_tokens, lang_mask = self.language_encoder.encode(instructions, device)
         instr_token, lang_tokens = self.stem.language(sentence, lang_tokens)
         proprio = self.normalize_proprio(batch["proprio"].to(device, dtype=torch.float32))
+        if self.training and cfg.proprio_dropout:
+            keep = torch.rand(b, 1, device=device) >= cfg.proprio_dropout
+            proprio = proprio * keep
         proprio_token = self.stem.proprio(proprio)
         scene = self.stem.vision(images)
         aux = scene.new_zeros(())
