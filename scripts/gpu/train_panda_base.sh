@@ -8,7 +8,7 @@ EPISODES=${EPISODES:-60}; STEPS=${STEPS:-6000}; WORKERS=${WORKERS:-14}
 mkdir -p data/panda_demos "$OUT"
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/device.txt"
 [ "$(ls data/panda_demos | wc -l)" -ge $((6 * EPISODES)) ] && SKIP_RECORD=1
-for task in ${SKIP_RECORD:+} put_red_block_in_bowl pick_up_green_block stack_red_on_green put_blue_block_in_bowl \
+for task in put_red_block_in_bowl pick_up_green_block stack_red_on_green put_blue_block_in_bowl \
             push_blue_block_left put_red_and_green_in_bowl; do
   [ -n "${SKIP_RECORD:-}" ] && break
   python3 -m fedvla_sim.cli record --suite panda --task "$task" --episodes "$EPISODES" --out data/panda_demos \
@@ -21,6 +21,6 @@ python3 - <<'PY'
 import os
 from fedvla_policy.model import FedVLAPolicy
 p = FedVLAPolicy.from_pretrained("data/panda_base")
-p.save_pretrained(os.path.join(os.environ["OUT"], "panda_base"), max_shard_size="8MB")
+p.save_pretrained(os.path.join(os.environ["OUT"], "panda_base"), max_shard_size="12MB")
 PY
 cp data/panda_base/metrics.json "$OUT/panda_base/metrics.json"
