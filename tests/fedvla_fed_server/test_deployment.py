@@ -111,7 +111,8 @@ def test_tls_auth_round_nan_rejected_unregistered_refused_restart_resumes(tmp_pa
         summary = json.loads((ckpt / "run_summary.json").read_text())
         assert summary["resumed_from"] == 1 and [r["round"] for r in summary["rounds"]] == [2]
         assert json.loads((ckpt / "latest.json").read_text())["round"] == 2
-        assert sups[1].status.restarts >= 1 and sups[1].running
+        # The SuperLink refuses the restarted node until the killed one's heartbeat expires (~60 s).
+        wait_for(lambda: sups[1].poll().restarts >= 1 and sups[1].running, 120, what="SuperNode back")
     finally:
         for s in sups.values():
             s.stop()
