@@ -61,22 +61,21 @@ def test_goal_is_logged_as_episode_and_round_report_is_published(rclpy_context, 
         assert action.wait_for_server(timeout_sec=30)
         _wait_for(lambda: node.count_subscribers("execute_instruction/_action/feedback") > 0, 30,
                   "the fed client to subscribe to the action feedback\n" + processes.log(node_proc))
-        time.sleep(1.0)
-        goal = ExecuteInstruction.Goal(instruction="stack the red block on the green block", max_steps=20)
+        _wait_for(lambda: read_gate(episodes).reason.startswith("waiting_for_episodes"), 20, "the node's first gate")
+        goal = ExecuteInstruction.Goal(instruction="stack the red block on the green block", max_steps=100)
         handle = _wait_for(lambda: (f := action.send_goal_async(goal)) and _wait_for(f.done, 10, "goal") and f.result(),
                            15, "goal acceptance")
         assert handle.accepted
-        # while the goal runs the robot is busy: the gate stays closed
-        time.sleep(0.4)
-        gate = read_gate(episodes)
-        assert not gate.open and "idle" in gate.reason
+        # while the goal (100 steps x 50 ms) runs the robot is busy: the gate is closed
+        gate = _wait_for(lambda: (g := read_gate(episodes)) and "idle" in g.reason and g, 4.0, "a closed gate")
+        assert not gate.open
         result_future = handle.get_result_async()
         _wait_for(result_future.done, 20, "the goal's result")
         files = _wait_for(lambda: list_episodes(episodes), 15, "the episode file\n" + processes.log(node_proc))
         episode = read_episode(files[0])
         assert files[0].stem == result_future.result().result.episode_id
         assert episode.success and episode.instruction == goal.instruction
-        assert episode.num_steps >= 5  # 20 steps x 50 ms at 20 Hz
+        assert episode.num_steps >= 10  # 5 s of goal recorded at 20 Hz (discovery may eat the first second)
         # one new episode >= min_new_episodes and the robot is idle: the gate opens
         _wait_for(lambda: read_gate(episodes).open, 10, "the gate to open")
         write_report(episodes, RoundReport(server_round=7, state="done", bytes_up=1234, bytes_down=5678,

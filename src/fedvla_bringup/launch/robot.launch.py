@@ -25,6 +25,9 @@ def _nodes(context):
         params = [str(config_file(spec.package, spec.params_file)), dict(spec.parameters)]
         if spec.package == "fedvla_policy" and arg("controller_topic"):
             params.append({"controller_topic": arg("controller_topic")})
+        if spec.package == "fedvla_fed_client":
+            params.append({"superlink_address": arg("superlink"), "root_certificates": arg("root_certificates"),
+                           "auth_private_key": arg("auth_private_key"), "base_checkpoint": arg("checkpoint")})
         actions.append(Node(package=spec.package, executable=spec.executable, name=spec.name,
                             namespace=arg("namespace"), parameters=params, output="screen"))
     return actions
@@ -38,6 +41,9 @@ def generate_launch_description():
         DeclareLaunchArgument("checkpoint", default_value="", description="policy checkpoint (save_pretrained dir)"),
         DeclareLaunchArgument("episode_dir", default_value="", description="where the fed client logs episodes"),
         DeclareLaunchArgument("fed_client", default_value="true", description="also start the fed client node"),
+        DeclareLaunchArgument("superlink", default_value="127.0.0.1:9092", description="federation server (SuperLink)"),
+        DeclareLaunchArgument("root_certificates", default_value="", description="CA certificate of the SuperLink"),
+        DeclareLaunchArgument("auth_private_key", default_value="", description="this robot's SuperNode key"),
         DeclareLaunchArgument("controller_topic", default_value="",
                               description="JointTrajectory topic of the arm's controller (empty: the YAML default)"),
         OpaqueFunction(function=_nodes),

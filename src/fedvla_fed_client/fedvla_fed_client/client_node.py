@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import rclpy
@@ -29,6 +30,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from fedvla_fed_client.episode_recorder import GoalEpisodeRecorder, TrajectoryTracker
 from fedvla_fed_client.episodes import list_episodes
+from fedvla_fed_client.episodes.ros_schemas import typestore
 from fedvla_fed_client.round_gate import read_report, write_gate
 from fedvla_fed_client.round_scheduler import RoundScheduler, ScheduleConfig
 from fedvla_msgs.action import ExecuteInstruction
@@ -75,6 +77,7 @@ class FedClientNode(Node):
         self._joints: dict[str, float] = {}
         self._new_trajectory = False
         self._goal_id: bytes | None = None
+        self._finished_goals: deque[bytes] = deque(maxlen=64)  # feedback can arrive after the terminal status
         self._round_mark = time.time()  # episodes finished after this count as new
         self._last_report_time = 0.0
         self._round = 0
@@ -106,8 +109,12 @@ class FedClientNode(Node):
         self.create_service(TriggerRound, "~/trigger_round", self._trigger_round, callback_group=services)
         self.status_pub = self.create_publisher(RoundStatus, "round_status", 10)
 
-        self.create_timer(1.0 / float(p["record_rate_hz"]), self._record_tick, callback_group=sensors)
-        self.create_timer(1.0 / float(p["status_rate_hz"]), self._schedule_tick)
+        self.create_timer(1.0 / float(p["record_rate_hz"]), self._record_tick,
+                          callback_group=MutuallyExclusiveCallbackGroup())
+        # Own group: the schedule (gate, status, supervision) never waits behind goal or sensor callbacks.
+        self.create_timer(1.0 / float(p["status_rate_hz"]), self._schedule_tick,
+                          callback_group=MutuallyExclusiveCallbackGroup())
+        typestore()  # build the episode format's message types now, not when the first goal starts
         self.supervisor = self._start_supernode() if p["supernode_enabled"] else None
         self.get_logger().info(f"logging episodes of {self.robot_id} to {self.episode_dir}")
 
@@ -144,8 +151,8 @@ class FedClientNode(Node):
     # ---- goals as episodes -------------------------------------------------------------------------
     def _on_feedback(self, msg) -> None:
         gid = bytes(msg.goal_id.uuid)
-        if gid == self._goal_id:
-            return
+        if gid == self._goal_id or gid in self._finished_goals:
+            return  # feedback of a goal already recording, or late feedback of a finished one
         fb = msg.feedback
         with self._lock:
             self._goal_id = gid
@@ -156,6 +163,7 @@ class FedClientNode(Node):
         for status in msg.status_list:
             if bytes(status.goal_info.goal_id.uuid) == self._goal_id and status.status in TERMINAL:
                 goal_id, self._goal_id = status.goal_info.goal_id, None
+                self._finished_goals.append(bytes(goal_id.uuid))
                 request = ExecuteInstruction.Impl.GetResultService.Request(goal_id=goal_id)
                 future = self._get_result.call_async(request)
                 future.add_done_callback(lambda f, s=status.status: self._finish_goal(f, s))
@@ -289,7 +297,7 @@ class FedClientNode(Node):
 def main(args=None) -> int:
     rclpy.init(args=args if args is not None else sys.argv)
     node = FedClientNode()
-    executor = MultiThreadedExecutor()
+    executor = MultiThreadedExecutor(num_threads=4)  # sensors, recording, schedule, goals/services
     executor.add_node(node)
     try:
         executor.spin()
