@@ -39,7 +39,11 @@ def evaluate(handle: RobotHandle, tasks: list[str], seeds: list[int], max_steps:
     for task in tasks:
         for seed in seeds:
             instruction = handle.reset(task, seed)
-            run = handle.goals.run(instruction, timeout=max_steps * 0.5 + 60, max_steps=max_steps)
+            for _ in range(30):  # right after start-up the server may not have every input yet
+                run = handle.goals.run(instruction, timeout=max_steps * 0.5 + 60, max_steps=max_steps)
+                if run.accepted is not False or "yet" not in run.rejection_reason:
+                    break
+                time.sleep(1.0)
             result = run.result
             rows.append({"task": task, "seed": seed, "instruction": instruction,
                          "success": bool(result is not None and result.success),
@@ -88,7 +92,7 @@ def run_rounds(handles: list[RobotHandle], server: subprocess.Popen, rounds: int
         states = {h.namespace: h.status for h in handles}
         for h in handles:
             s = states[h.namespace]
-            line = f"round {s.round} {s.state}: {s.message}" if s else "no status yet"
+            line = f"round {s.round}: {s.message or s.state}" if s else "no status yet"
             if last.get(h.namespace) != line:
                 _log(f"{h.namespace} {line}")
                 last[h.namespace] = line
@@ -176,6 +180,17 @@ def main(argv: list[str] | None = None) -> int:
                         "min_new_episodes": 1_000_000, "round_interval_s": 0.0}})
                 group.start(spec, namespace=robot.namespace, domain_id=robot.domain_id, env={"PATH": env["PATH"]})
             _log(f"started {robot.namespace} (domain {robot.domain_id}): tasks {', '.join(robot.tasks)}")
+        # The SuperLink starts now, so the SuperNodes are connected by the time the robots have data;
+        # the run's first round waits at each robot's gate until the robot opens it (after its demonstrations).
+        _log("starting the federation server (SuperLink, TLS + SuperNode authentication)")
+        server_log = open(out / "logs" / "federation.log", "ab")
+        server = subprocess.Popen(
+            [str(bin_dir / "fedvla-federation"), "serve", "--certs", str(certs), "--port", str(args.port),
+             "--rounds", str(args.rounds), "--min-clients", str(len(robots)), "--strategy", args.strategy,
+             "--state-dir", str(out / "federation"), "--base-checkpoint", str(checkpoint),
+             "--local-steps", str(args.local_steps), "--round-timeout", str(args.round_timeout),
+             "--run-config", "gate-timeout=1200"],
+            stdout=server_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         handles = [RobotHandle(r.namespace, r.domain_id) for r in robots]
         in_parallel(lambda h: h.wait_ready(timeout=180), handles)
         _log(f"all {len(handles)} robots up in {time.monotonic() - t_start:.0f} s")
@@ -185,14 +200,6 @@ def main(argv: list[str] | None = None) -> int:
         before = in_parallel(lambda hr: evaluate(hr[0], hr[1].tasks, seeds, args.max_steps, "before"), pairs)
         demos = in_parallel(lambda hr: record_demonstrations(hr[0], hr[1].tasks, args.demos, 500), pairs)
 
-        _log("starting the federation server (SuperLink, TLS + SuperNode authentication)")
-        server_log = open(out / "logs" / "federation.log", "ab")
-        server = subprocess.Popen(
-            [str(bin_dir / "fedvla-federation"), "serve", "--certs", str(certs), "--port", str(args.port),
-             "--rounds", str(args.rounds), "--min-clients", str(len(robots)), "--strategy", args.strategy,
-             "--state-dir", str(out / "federation"), "--base-checkpoint", str(checkpoint),
-             "--local-steps", str(args.local_steps), "--round-timeout", str(args.round_timeout)],
-            stdout=server_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         t_fed = time.monotonic()
         run_rounds(handles, server, args.rounds, timeout=args.rounds * args.round_timeout + 120)
         fed_wall = time.monotonic() - t_fed

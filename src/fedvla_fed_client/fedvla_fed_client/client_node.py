@@ -120,9 +120,8 @@ class FedClientNode(Node):
 
     # ---- sensors -------------------------------------------------------------------------------
     def _on_image(self, cam: str, msg: Image) -> None:
-        frame = to_rgb(image_to_numpy(msg), msg.encoding)
         with self._lock:
-            self._images[cam] = frame
+            self._images[cam] = msg  # converted only when a step is recorded (most frames never are)
 
     def _on_joints(self, msg: JointState) -> None:
         with self._lock:
@@ -139,7 +138,12 @@ class FedClientNode(Node):
         with self._lock:
             if not self.recorder.active or len(self._images) < len(self.cameras) or not self._joints:
                 return
-            images, joints = dict(self._images), dict(self._joints)
+            try:
+                images = {cam: to_rgb(image_to_numpy(msg), msg.encoding) for cam, msg in self._images.items()}
+            except ValueError as err:
+                self.get_logger().warning(f"episode step skipped: {err}", throttle_duration_sec=5.0)
+                return
+            joints = dict(self._joints)
             commanded = self.tracker.target(time.monotonic() + 1.0 / float(self.p["record_rate_hz"]), joints)
             trajectory = self.tracker.last_trajectory if self._new_trajectory else None
             self._new_trajectory = False
