@@ -11,7 +11,6 @@ import time
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
 
 from fedvla_msgs.msg import RoundStatus
 from fedvla_msgs.srv import ResetTask, RunExpert, TriggerRound
@@ -24,22 +23,12 @@ class RobotHandle:
         self.context = Context()
         rclpy.init(context=self.context, domain_id=int(domain_id))
         self.goals = GoalClient(namespace=self.namespace, context=self.context)
-        self.node = rclpy.create_node("fleet_driver", namespace="/" + self.namespace, context=self.context)
+        self.node = self.goals.node  # one node, spun by the goal client's background executor
         self._reset = self.node.create_client(ResetTask, "reset_task")
         self._demo = self.node.create_client(RunExpert, "fed_client/record_demonstration")
         self._trigger = self.node.create_client(TriggerRound, "fed_client/trigger_round")
         self.status: RoundStatus | None = None
         self.node.create_subscription(RoundStatus, "round_status", self._on_status, 10)
-        self._executor = SingleThreadedExecutor(context=self.context)
-        self._executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self._executor.spin()
-        except Exception:  # noqa: BLE001 - the context was shut down under us
-            pass
 
     def _on_status(self, msg: RoundStatus) -> None:
         self.status = msg
@@ -79,7 +68,4 @@ class RobotHandle:
 
     def close(self) -> None:
         self.goals.close()
-        self._executor.shutdown(timeout_sec=1.0)
-        self._thread.join(timeout=2.0)
-        self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
