@@ -129,7 +129,7 @@ class MetaWorldEnv:
     def __del__(self):
         try:
             self.close()
-        except Exception:
+        except Exception:  # EGL may already be torn down at interpreter exit; nothing to report then
             pass
 
 
