@@ -202,4 +202,17 @@ def test_dataset_chunks_padding_and_stats(tmp_path):
     np.testing.assert_allclose(st["action_mean"].numpy(), acts.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(st["action_std"].numpy(), acts.std(0), rtol=1e-5)
     assert st["proprio_mean"].shape == (8,)
+    # Relative targets (first 7 dims minus the chunk's starting proprio): the stats of every non-padded sample.
+    from fedvla_policy.training import compute_normalization
+
+    rel = []
+    for i in range(len(ds)):
+        smp = ds[i]
+        a = smp["actions"].numpy()[~smp["action_is_pad"].numpy()].copy()
+        a[:, :7] -= smp["proprio"].numpy()[:7]
+        rel.append(a)
+    rel = np.concatenate(rel)
+    st = compute_normalization(ds, relative_action_dims=7)
+    np.testing.assert_allclose(st["action_mean"].numpy(), rel.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(st["action_std"].numpy(), rel.std(0), rtol=1e-4, atol=1e-5)
     assert len(EpisodeDataset(tmp_path, ["front"], chunk_size=2, only_successful=False)) == 12

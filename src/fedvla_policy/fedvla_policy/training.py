@@ -98,19 +98,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def compute_normalization(dataset: Dataset) -> dict[str, torch.Tensor]:
-    """Mean/std of actions (non-padded steps) and proprioception.
+def compute_normalization(dataset: Dataset, relative_action_dims: int = 0) -> dict[str, torch.Tensor]:
+    """Mean/std of the model's action targets (non-padded steps) and of proprioception.
 
+    With ``relative_action_dims`` N > 0 the first N action dims are taken relative to the chunk's
+    starting proprio (what the policy learns, see FedVLAConfig.relative_action_dims).
     Uses ``dataset.stats()`` when the dataset offers it (the episode dataset does, without decoding
     images); otherwise iterates the samples once.
     """
     stats = getattr(dataset, "stats", None)
     if callable(stats):
-        return {k: torch.as_tensor(v, dtype=torch.float32) for k, v in stats().items()}
+        return {k: torch.as_tensor(v, dtype=torch.float32)
+                for k, v in stats(relative_action_dims=relative_action_dims).items()}
     actions, proprio = [], []
     for i in range(len(dataset)):
         sample = dataset[i]
         act = torch.as_tensor(sample["actions"], dtype=torch.float32)
+        if relative_action_dims:
+            base = torch.as_tensor(sample["proprio"], dtype=torch.float32).reshape(-1)[:relative_action_dims]
+            act = torch.cat([act[..., :relative_action_dims] - base, act[..., relative_action_dims:]], dim=-1)
         if "action_is_pad" in sample:
             act = act[~torch.as_tensor(sample["action_is_pad"]).bool()]
         actions.append(act.reshape(-1, act.shape[-1]))
@@ -166,7 +172,7 @@ def train(policy: FedVLAPolicy, dataset: Dataset, cfg: TrainConfig | None = None
     policy.to(device)
 
     if cfg.fit_normalization and not policy.has_normalization:
-        stats = compute_normalization(dataset)
+        stats = compute_normalization(dataset, policy.config.relative_action_dims)
         policy.set_normalization(stats["action_mean"], stats["action_std"], stats["proprio_mean"], stats["proprio_std"])
 
     trainable = _trainable_names(policy, trainable_groups)

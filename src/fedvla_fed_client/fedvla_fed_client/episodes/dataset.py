@@ -113,11 +113,27 @@ class EpisodeDataset(Dataset):
             "episode_id": self.episode_ids[e],
         }
 
-    def stats(self) -> dict[str, torch.Tensor]:
-        """Per-dimension mean and std of actions and proprio over all steps (std floored at 1e-6)."""
+    def stats(self, relative_action_dims: int = 0) -> dict[str, torch.Tensor]:
+        """Per-dimension mean and std of action targets and proprio over all steps (std floored at 1e-6).
+
+        With ``relative_action_dims`` N > 0 the first N action dims are offsets from the proprio at
+        the chunk's start, over every (start, chunk position) pair that is not padding: exactly the
+        targets a policy with FedVLAConfig.relative_action_dims=N learns.
+        """
         if not self._actions:
             raise ValueError("EpisodeDataset.stats(): the dataset has no episodes")
-        acts = np.concatenate(self._actions)
+        n = int(relative_action_dims)
+        if n:
+            targets = []
+            for acts, prop in zip(self._actions, self._proprio):
+                steps = acts.shape[0]
+                for k in range(min(self.chunk_size, steps)):
+                    rel = acts[k:].copy()
+                    rel[:, :n] -= prop[:steps - k, :n]
+                    targets.append(rel)
+            acts = np.concatenate(targets)
+        else:
+            acts = np.concatenate(self._actions)
         prop = np.concatenate(self._proprio)
         return {
             "action_mean": torch.from_numpy(acts.mean(0)),

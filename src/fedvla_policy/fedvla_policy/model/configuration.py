@@ -50,6 +50,10 @@ class FedVLAConfig(PreTrainedConfig):
     proprio_dim: int = field(default=8, metadata=_help("Length of the proprioception vector (e.g. 7 joints + gripper)."))
     action_dim: int = field(default=8, metadata=_help("Length of one action vector."))
     chunk_size: int = field(default=10, metadata=_help("H: number of future actions predicted per call (action chunk)."))
+    relative_action_dims: int = field(default=0, metadata=_help(
+        "The first N action dims are learned as offsets from the first N proprio values at the chunk's start "
+        "(joint-space delta actions; act() still returns absolute targets). 0 = absolute actions. Delta targets "
+        "stop behaviour cloning from copying the joint state and make it read the scene."))
 
     # Transformer trunk.
     d_model: int = field(default=192, metadata=_help("Width of every token in the stem, trunk and head."))
@@ -137,6 +141,8 @@ class FedVLAConfig(PreTrainedConfig):
         need(self.huber_delta > 0, "huber_delta", "must be positive")
         need(0.0 <= self.proprio_dropout < 1.0, "proprio_dropout", "must be in [0, 1)")
         need(self.image_shift_aug >= 0, "image_shift_aug", "must be >= 0")
+        need(0 <= self.relative_action_dims <= min(self.action_dim, self.proprio_dim), "relative_action_dims",
+             "must be in [0, min(action_dim, proprio_dim)]")
         need(self.dense_hidden is None or self.dense_hidden > 0, "dense_hidden", "must be None or positive")
         need(self.shared_expert_hidden is None or self.shared_expert_hidden > 0, "shared_expert_hidden", "must be None or positive")
         n_tokens = len(self.camera_names) * (self.image_size // self.patch_size) ** 2

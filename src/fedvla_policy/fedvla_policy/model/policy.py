@@ -245,10 +245,34 @@ class FedVLAPolicy(PreTrainedModel):
         aux = trunk_aux if self.stem.iosp is None else 0.5 * (trunk_aux + stem_aux)
         return pred, aux
 
+    def _relative_base(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """(B, 1, N) raw proprio the first N actions are offsets from (None for absolute actions)."""
+        n = self.config.relative_action_dims
+        if not n:
+            return None
+        return batch["proprio"].to(self.device, dtype=torch.float32)[:, None, :n]
+
+    def to_model_actions(self, actions: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Absolute actions (B, H, A) -> what the model predicts (offsets in the first relative_action_dims)."""
+        base = self._relative_base(batch)
+        if base is None:
+            return actions
+        n = base.shape[-1]
+        return torch.cat([actions[..., :n] - base, actions[..., n:]], dim=-1)
+
+    def from_model_actions(self, actions: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """Inverse of :meth:`to_model_actions`."""
+        base = self._relative_base(batch)
+        if base is None:
+            return actions
+        n = base.shape[-1]
+        return torch.cat([actions[..., :n] + base, actions[..., n:]], dim=-1)
+
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Training loss: Huber on normalized actions (padded steps masked out) + aux_loss_coef * load balance."""
         pred, aux = self.predict_normalized(batch)
-        target = self.normalize_actions(batch["actions"].to(self.device, dtype=torch.float32))
+        actions = batch["actions"].to(self.device, dtype=torch.float32)
+        target = self.normalize_actions(self.to_model_actions(actions, batch))
         err = F.huber_loss(pred.float(), target, delta=self.config.huber_delta, reduction="none")
         if batch.get("action_is_pad") is not None:
             keep = (~batch["action_is_pad"].to(self.device).bool()).unsqueeze(-1).float()
@@ -263,7 +287,7 @@ class FedVLAPolicy(PreTrainedModel):
     def predict_action_chunk(self, batch: dict[str, Any]) -> torch.Tensor:
         """Unnormalized action chunks (B, H, A) for a batch (eval mode is the caller's business)."""
         pred, _ = self.predict_normalized(batch)
-        return self.unnormalize_actions(pred.float())
+        return self.from_model_actions(self.unnormalize_actions(pred.float()), batch)
 
     def observation_to_batch(self, observation: dict[str, Any]) -> dict[str, Any]:
         """One robot observation (HxWx3 uint8 per camera, instruction, proprio) -> a batch of one."""
