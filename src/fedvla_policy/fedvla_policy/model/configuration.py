@@ -47,6 +47,12 @@ class FedVLAConfig(PreTrainedConfig):
     )
     image_size: int = field(default=128, metadata=_help("Square image side S the vision encoder sees (pixels)."))
     patch_size: int = field(default=16, metadata=_help("Side of a vision patch; image_size must be a multiple of it."))
+    vision_stem: str = field(default="patch", metadata=_help(
+        "Vision tokenizer: 'patch' (strided patchify convs: a token sees only its patch) or 'conv' (CoordConv 3x3 "
+        "stride-2 stack: a token sees its neighbourhood and knows its image coordinates; patch_size a power of 2)."))
+    spatial_keypoints: int = field(default=0, metadata=_help(
+        "K > 0 adds one spatial soft-argmax token per camera (K learned keypoints' expected x, y), which bypasses "
+        "IOSP's token selection; 0 = off."))
     proprio_dim: int = field(default=8, metadata=_help("Length of the proprioception vector (e.g. 7 joints + gripper)."))
     action_dim: int = field(default=8, metadata=_help("Length of one action vector."))
     chunk_size: int = field(default=10, metadata=_help("H: number of future actions predicted per call (action chunk)."))
@@ -143,6 +149,10 @@ class FedVLAConfig(PreTrainedConfig):
         need(self.image_shift_aug >= 0, "image_shift_aug", "must be >= 0")
         need(0 <= self.relative_action_dims <= min(self.action_dim, self.proprio_dim), "relative_action_dims",
              "must be in [0, min(action_dim, proprio_dim)]")
+        need(self.vision_stem in ("patch", "conv"), "vision_stem", "must be 'patch' or 'conv'")
+        need(self.vision_stem != "conv" or (self.patch_size >= 2 and self.patch_size & (self.patch_size - 1) == 0),
+             "patch_size", "must be a power of 2 >= 2 for vision_stem='conv'")
+        need(self.spatial_keypoints >= 0, "spatial_keypoints", "must be >= 0")
         need(self.dense_hidden is None or self.dense_hidden > 0, "dense_hidden", "must be None or positive")
         need(self.shared_expert_hidden is None or self.shared_expert_hidden > 0, "shared_expert_hidden", "must be None or positive")
         n_tokens = len(self.camera_names) * (self.image_size // self.patch_size) ** 2

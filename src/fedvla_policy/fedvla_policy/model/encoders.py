@@ -48,16 +48,76 @@ def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
     return out.permute(0, 3, 1, 2).reshape(*lead, c, h, w)
 
 
+def _conv_stem(patch_size: int, d_model: int) -> nn.Sequential:
+    """CoordConv stack of 3x3 stride-2 convs (GroupNorm + GELU) down to one cell per patch.
+
+    Two coordinate channels (x, y in [-1, 1]) are appended to the RGB input, so every feature
+    knows where in the image it is; the 3x3 stack gives each cell context beyond its own patch.
+    Both matter for regressing an object's position from a few hundred demonstrations.
+    """
+    n = patch_size.bit_length() - 1
+    widths = [min(d_model, 32 * 2 ** i) for i in range(n - 1)] + [d_model]
+    layers: list[nn.Module] = []
+    c_in = 5
+    for i, c_out in enumerate(widths):
+        layers.append(nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1))
+        if i < len(widths) - 1:
+            layers += [nn.GroupNorm(min(8, c_out), c_out), nn.GELU()]
+        c_in = c_out
+    return nn.Sequential(*layers)
+
+
+def _with_coordinates(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 5, H, W): RGB plus x and y coordinate planes in [-1, 1]."""
+    n, _, h, w = images.shape
+    ys = torch.linspace(-1.0, 1.0, h, device=images.device, dtype=images.dtype)
+    xs = torch.linspace(-1.0, 1.0, w, device=images.device, dtype=images.dtype)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=0)  # (2, H, W): x, y
+    return torch.cat([images, grid.expand(n, -1, -1, -1)], dim=1)
+
+
+class SpatialKeypoints(nn.Module):
+    """Spatial soft-argmax: K learned heat maps per camera -> K expected (x, y) positions -> one token.
+
+    The token carries object coordinates explicitly (robomimic-style), and it does not go through
+    IOSP's token selection, so the trunk always sees where things are.
+    """
+
+    def __init__(self, d_model: int, n_keypoints: int, n_cameras: int):
+        super().__init__()
+        self.heatmaps = nn.Conv2d(d_model, n_keypoints, kernel_size=1)
+        self.proj = nn.Sequential(nn.Linear(2 * n_keypoints, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+        self.camera = nn.Parameter(torch.zeros(n_cameras, d_model))
+
+    def forward(self, feats: torch.Tensor, batch: int) -> torch.Tensor:
+        """feats (B*C, d, g, g) -> tokens (B, C, d)."""
+        logits = self.heatmaps(feats)  # (B*C, K, g, g)
+        n, k, h, w = logits.shape
+        attn = logits.flatten(2).softmax(-1).view(n, k, h, w)
+        ys = torch.linspace(-1.0, 1.0, h, device=feats.device, dtype=attn.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=feats.device, dtype=attn.dtype)
+        x = (attn.sum(2) * xs).sum(-1)  # (n, k)
+        y = (attn.sum(3) * ys).sum(-1)
+        tokens = self.proj(torch.cat([x, y], dim=-1)).view(batch, -1, self.camera.shape[-1])
+        return tokens + self.camera
+
+
 class VisionPatchEncoder(nn.Module):
     """Images of every camera -> one token per patch, with a learned (camera, patch) position embedding.
 
-    A two-stage strided conv (patch/4 then 4) instead of one big patchify conv: a little local
-    processing helps a from-scratch encoder on a few hundred demonstrations. Weights are shared by cameras.
+    stem "patch": a two-stage strided conv (patch/4 then 4), i.e. each token sees only its own patch.
+    stem "conv": a CoordConv 3x3 stride-2 stack (:func:`_conv_stem`), each token sees its neighbourhood
+    and knows its coordinates. Optionally (n_keypoints > 0) one spatial soft-argmax token per camera
+    (:class:`SpatialKeypoints`) is returned as well. Weights are shared by cameras.
     """
 
-    def __init__(self, d_model: int, patch_size: int, n_cameras: int, patches_per_camera: int):
+    def __init__(self, d_model: int, patch_size: int, n_cameras: int, patches_per_camera: int,
+                 stem: str = "patch", n_keypoints: int = 0):
         super().__init__()
-        if patch_size % 4 == 0 and patch_size >= 8:
+        self.stem = stem
+        if stem == "conv":
+            self.conv = _conv_stem(patch_size, d_model)
+        elif patch_size % 4 == 0 and patch_size >= 8:
             first = patch_size // 4
             self.conv = nn.Sequential(
                 nn.Conv2d(3, d_model // 2, kernel_size=first, stride=first),
@@ -68,14 +128,18 @@ class VisionPatchEncoder(nn.Module):
             self.conv = nn.Sequential(nn.Conv2d(3, d_model, kernel_size=patch_size, stride=patch_size))
         self.norm = nn.LayerNorm(d_model)
         self.position = nn.Parameter(torch.zeros(n_cameras, patches_per_camera, d_model))
+        self.keypoints = SpatialKeypoints(d_model, n_keypoints, n_cameras) if n_keypoints else None
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, n_cams, 3, S, S) float in [-1, 1] -> tokens (B, n_cams * P, d), camera-major order."""
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """images (B, n_cams, 3, S, S) in [-1, 1] -> (patch tokens (B, n_cams * P, d) camera-major,
+        keypoint tokens (B, n_cams, d) or None)."""
         b, c = images.shape[:2]
-        feats = self.conv(images.flatten(0, 1))  # (B*C, d, g, g)
+        x = images.flatten(0, 1)
+        feats = self.conv(_with_coordinates(x) if self.stem == "conv" else x)  # (B*C, d, g, g)
         tokens = self.norm(feats.flatten(2).transpose(1, 2))  # (B*C, P, d)
         tokens = tokens.reshape(b, c, -1, tokens.shape[-1]) + self.position
-        return tokens.flatten(1, 2)
+        keypoints = self.keypoints(feats, b) if self.keypoints is not None else None
+        return tokens.flatten(1, 2), keypoints
 
 
 class ProprioEncoder(nn.Module):

@@ -22,8 +22,8 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from .configuration import FedVLAConfig
-from .encoders import (FrozenSentenceEncoder, InstructionProjector, ProprioEncoder, VisionPatchEncoder,
-                       images_to_float, random_shift)
+from .encoders import (FrozenSentenceEncoder, InstructionProjector, ProprioEncoder, SpatialKeypoints,
+                       VisionPatchEncoder, images_to_float, random_shift)
 from .experts import AdaMoE, DGMoE, ExpertFFN, build_ffn
 from .scene_parsing import GROUPS, InstructionSceneParser, patch_ids_from_masks
 
@@ -48,7 +48,8 @@ class Stem(nn.Module):
     def __init__(self, config: FedVLAConfig):
         super().__init__()
         d = config.d_model
-        self.vision = VisionPatchEncoder(d, config.patch_size, config.n_cameras, config.patches_per_camera)
+        self.vision = VisionPatchEncoder(d, config.patch_size, config.n_cameras, config.patches_per_camera,
+                                         stem=config.vision_stem, n_keypoints=config.spatial_keypoints)
         self.language = InstructionProjector(config.language_dim, d)
         self.proprio = ProprioEncoder(config.proprio_dim, d)
         self.token_type = nn.Parameter(torch.zeros(2, d))  # instruction, proprioception
@@ -145,7 +146,7 @@ class FedVLAPolicy(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, DGMoE):
@@ -156,6 +157,8 @@ class FedVLAPolicy(PreTrainedModel):
             init.zeros_(module.scale_adapter.weight)  # starts as the vanilla router's weighting
         elif isinstance(module, VisionPatchEncoder):
             init.normal_(module.position, std=std)
+        elif isinstance(module, SpatialKeypoints):
+            init.normal_(module.camera, std=std)
         elif isinstance(module, Stem):
             init.normal_(module.token_type, std=std)
         elif isinstance(module, InstructionSceneParser):
@@ -224,7 +227,7 @@ class FedVLAPolicy(PreTrainedModel):
             keep = torch.rand(b, 1, device=device) >= cfg.proprio_dropout
             proprio = proprio * keep
         proprio_token = self.stem.proprio(proprio)
-        scene = self.stem.vision(images)
+        scene, keypoints = self.stem.vision(images)
         aux = scene.new_zeros(())
         if self.stem.iosp is not None:
             ids = None
@@ -233,8 +236,10 @@ class FedVLAPolicy(PreTrainedModel):
             parsed = self.stem.iosp(scene, lang_tokens, lang_mask, ids)
             scene, aux = parsed.tokens, parsed.aux_loss
         queries = self.head.queries.expand(b, -1, -1)
-        seq = torch.cat([queries, instr_token + self.stem.token_type[0], proprio_token + self.stem.token_type[1],
-                         scene], dim=1)
+        parts = [queries, instr_token + self.stem.token_type[0], proprio_token + self.stem.token_type[1], scene]
+        if keypoints is not None:
+            parts.append(keypoints)
+        seq = torch.cat(parts, dim=1)
         return seq, aux
 
     def predict_normalized(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
