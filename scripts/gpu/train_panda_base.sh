@@ -7,7 +7,7 @@
 set -euo pipefail
 . scripts/gpu/env.sh
 EPISODES=${EPISODES:-80}; STEPS=${STEPS:-40000}; MAX_TIME=${MAX_TIME:-270}; WORKERS=${WORKERS:-15}
-EVAL_SEEDS=${EVAL_SEEDS:-10}; BATCH=${BATCH:-128}; LR=${LR:-4e-4}
+EVAL_SEEDS=${EVAL_SEEDS:-10}; BATCH=${BATCH:-128}; LR=${LR:-4e-4}; ACTION_NOISE=${ACTION_NOISE:-0.015}
 VARIANTS=${VARIANTS:-"rel_pd3:--model proprio_dropout=0.3"}
 TASKS="put_red_block_in_bowl pick_up_green_block stack_red_on_green put_blue_block_in_bowl push_blue_block_left put_red_and_green_in_bowl"
 mkdir -p data/panda_demos data/sweep "$OUT"
@@ -16,7 +16,7 @@ t0=$SECONDS
 if [ "$(ls data/panda_demos | wc -l)" -lt $((6 * EPISODES)) ]; then
   for task in $TASKS; do
     python3 -m fedvla_sim.cli record --suite panda --task "$task" --episodes "$EPISODES" --out data/panda_demos \
-      --workers "$WORKERS" --seed-start 1000 --robot-id demo 2>&1 | grep -v "ep/s" | tail -3
+      --workers "$WORKERS" --seed-start 1000 --robot-id demo --action-noise "$ACTION_NOISE" 2>&1 | grep -v "ep/s" | tail -3
   done > data/sweep/record.log 2>&1
 fi
 echo "recorded in $((SECONDS - t0)) s: $(ls data/panda_demos | wc -l) episodes"

@@ -26,7 +26,7 @@ def _add_record_args(parser: argparse.ArgumentParser) -> None:
         if f.type in (bool, "bool"):
             parser.add_argument(flag, action="store_true", help=helptext)
         else:
-            kind = int if f.type in (int, "int") else str
+            kind = {"int": int, "float": float}.get(getattr(f.type, "__name__", f.type), str)
             parser.add_argument(flag, type=kind, default=f.default, help=helptext)
 
 

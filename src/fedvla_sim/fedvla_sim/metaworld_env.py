@@ -147,8 +147,15 @@ class MetaWorldExpert:
 
 
 def rollout_metaworld_expert(env: MetaWorldEnv, max_steps: int | None = None, on_step=None,
-                             extra_steps_after_success: int = 5) -> dict:
-    """Run the scripted policy until success (plus a few steps) or `max_steps`; returns {"success", "steps"}."""
+                             extra_steps_after_success: int = 5, action_noise: float = 0.0,
+                             rng: np.random.Generator | None = None) -> dict:
+    """Run the scripted policy until success (plus a few steps) or `max_steps`; returns {"success", "steps"}.
+
+    `action_noise` > 0 adds Gaussian noise to the executed hand motion (dx, dy, dz) while `on_step` gets
+    the expert's clean action, so the demonstrations include recoveries (see experts.rollout_expert).
+    """
+    from fedvla_sim.experts import perturb
+
     expert = env.expert()
     obs = env.observation()
     max_steps = max_steps or env.max_steps
@@ -157,7 +164,7 @@ def rollout_metaworld_expert(env: MetaWorldEnv, max_steps: int | None = None, on
         action = expert.act()
         if on_step is not None:
             on_step(obs, action)
-        obs = env.step(action)
+        obs = env.step(perturb(action, action_noise, rng, 3))
         steps += 1
         if env.success():
             after = extra_steps_after_success if after is None else after - 1

@@ -32,6 +32,9 @@ class RecordConfig:
     camera_size: int = field(default=128, metadata={"help": "Image height and width, pixels."})
     robot_id: str = field(default="sim", metadata={"help": "robot_id stored in every episode's metadata."})
     max_attempts: int = field(default=0, metadata={"help": "Give up after this many seeds (0 = 2 * episodes + 10)."})
+    action_noise: float = field(default=0.0, metadata={"help": (
+        "Std of Gaussian noise added to each executed action's arm part (Panda: joint targets, rad; Meta-World: "
+        "hand motion) while the clean expert action is recorded: demonstrations of recovering (0 = off).")})
 
     def __post_init__(self):
         if self.suite not in SUITES:
@@ -52,6 +55,8 @@ class RecordConfig:
             raise ValueError(f"RecordConfig.seed_start must be >= 0, got {self.seed_start}")
         if not 16 <= self.camera_size <= 1024:
             raise ValueError(f"RecordConfig.camera_size must be in [16, 1024], got {self.camera_size}")
+        if self.action_noise < 0:
+            raise ValueError(f"RecordConfig.action_noise must be >= 0, got {self.action_noise}")
         if self.max_attempts < 0:
             raise ValueError("RecordConfig.max_attempts must be >= 0")
         if self.max_attempts == 0:
@@ -68,7 +73,7 @@ def make_env(suite: str, task: str, seed: int = 0, camera_size: int = 128):
 
 
 def record_episode(env, suite: str, seed: int, out_dir: Path, keep_failed: bool = False,
-                   robot_id: str = "sim") -> dict:
+                   robot_id: str = "sim", action_noise: float = 0.0) -> dict:
     """Reset `env` to `seed`, run its expert and write the episode; returns {"seed", "success", "steps", "path"}.
 
     The episode is written step by step and dropped (`abort`) when the expert fails and
@@ -85,7 +90,8 @@ def record_episode(env, suite: str, seed: int, out_dir: Path, keep_failed: bool 
         from fedvla_sim.metaworld_env import rollout_metaworld_expert as rollout
         camera_names, task_name, control_dt = env.camera_names, env.task_name, env.control_dt
     metadata = {"task": task_name, "instruction": env.instruction, "seed": int(seed), "suite": suite,
-                "robot_id": robot_id, "control_hz": round(1.0 / control_dt, 3), "source": "scripted_expert"}
+                "robot_id": robot_id, "control_hz": round(1.0 / control_dt, 3), "source": "scripted_expert",
+                "action_noise": float(action_noise)}
     writer = EpisodeWriter(out_dir, episode_id=f"{suite}_{task_name}_seed{seed:06d}", metadata=metadata,
                            camera_names=list(camera_names), joint_names=list(env.joint_names),
                            action_names=list(env.action_names))
@@ -101,7 +107,7 @@ def record_episode(env, suite: str, seed: int, out_dir: Path, keep_failed: bool 
         step["k"] += 1
 
     try:
-        result = rollout(env, on_step=on_step)
+        result = rollout(env, on_step=on_step, action_noise=action_noise, rng=np.random.default_rng(seed))
     except BaseException:
         writer.abort()
         raise
@@ -127,7 +133,7 @@ def _init_worker(cfg: RecordConfig) -> None:
 def _work(seed: int) -> dict:
     assert _worker_env is not None and _worker_cfg is not None
     return record_episode(_worker_env, _worker_cfg.suite, seed, Path(_worker_cfg.out),
-                          _worker_cfg.keep_failed, _worker_cfg.robot_id)
+                          _worker_cfg.keep_failed, _worker_cfg.robot_id, _worker_cfg.action_noise)
 
 
 def record(cfg: RecordConfig, progress: bool = True) -> dict:
