@@ -15,8 +15,25 @@ Overhead of a round = round wall time (server) - the slowest client's local trai
 saving, aggregation). CPU load of the whole machine (all processes, /proc/stat) is sampled
 during each run, since the machine may be shared.
 
+Where the overhead goes (per round, slowest client; all clocks are this machine's):
+  delivery_s        server push -> ClientApp entered: the SuperNode's wait before its next pull,
+                    the download, SuperExec's task poll, the fresh flwr-clientapp process
+  clientapp_start_s of which: flwr-clientapp process start -> ClientApp entered (imports, task input)
+  return_s          ClientApp reply -> ServerApp has it: upload to the SuperNode, its reply poll,
+                    upload to the SuperLink, the ServerApp's pull
+  client_process_s - trainer_s - handoff_s: our ClientApp (gate, unpack/pack, report)
+  trainer_s - local_train_s: the warm trainer's load/merge, upload and local save
+Fixed in flwr 1.41 (no flag or variable; see fedvla_fed_client.supernode): the SuperNode sleeps
+3 s after every empty pull from the SuperLink and polls for the ClientApp's reply every 0.5 s, and
+every message gets a fresh flwr-clientapp process (~1 s of imports on this CPU).
+
+The 2 simulated robots share this machine's cores: each robot's processes get --robot-threads
+torch/OpenMP threads (default 1, as if each robot had its own core). With torch's default (all
+cores per process) the two trainers' threads oversubscribe the CPU and slow every process on it.
+
     .venv/bin/python benchmarks/federation_cost.py [--rounds 2] [--local-steps 5] [--modes warm,cold]
-        [--cold-configs eda-trunk-fp16] [--out benchmarks/results/federation_cost.json]
+        [--cold-configs eda-trunk-fp16] [--robot-threads 1] [--keep-work]
+        [--out benchmarks/results/federation_cost.json]
 """
 from __future__ import annotations
 
@@ -25,6 +42,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -33,10 +51,10 @@ from pathlib import Path
 import numpy as np
 
 from fedvla_fed_client.episodes import EpisodeWriter
-from fedvla_fed_client.local_trainer import ping
-from fedvla_fed_client.supernode import SuperNodeSupervisor, free_port
 from fedvla_fed_server.certs import generate_certificates
-from fedvla_fed_server.superlink import SuperLinkProcess
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _deployment import LoopbackFederation  # noqa: E402
 
 CONFIGS = {
     "eda-trunk-fp32": {"strategy": "eda", "scope": "trunk", "upload-dtype": "float32"},
@@ -98,47 +116,38 @@ class CpuSampler:
                 "cores": os.cpu_count(), "samples": len(self.busy)}
 
 
+def robot_env(threads: int) -> dict[str, str]:
+    """Environment of one simulated robot's processes: at most `threads` torch/OpenMP threads (0 = torch's default)."""
+    if threads <= 0:
+        return {}
+    return {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+
 def run_config_rounds(name: str, overrides: dict, args, work: Path, certs: Path, mode: str) -> dict:
     warm = mode == "warm"
     tag = f"{name}-{mode}"
-    link = SuperLinkProcess(work / tag / "server", certs_dir=certs, port=free_port())
     robots = [work / "robots" / f"robot{i}" for i in range(2)]
-    sups = []
-    warmup_s = None
+    for robot in robots:
+        shutil.rmtree(robot / "policy", ignore_errors=True)  # every run starts from the same state
+    nodes = [{"robot-id": f"robot{i}", "episode-dir": str(robots[i])} for i in range(2)]
+    fed = LoopbackFederation(work / tag / "server", certs, nodes, env=robot_env(args.robot_threads), warm=warm)
     try:
-        link.start()
-        t_start = time.monotonic()
-        for i in range(2):
-            link.register_node(certs / f"node{i}.pub")
-            shutil.rmtree(robots[i] / "policy", ignore_errors=True)  # every run starts from the same state
-            node_config = {"robot-id": f"robot{i}", "episode-dir": str(robots[i])}
-            if not warm:
-                node_config["local-trainer"] = "off"
-            sup = SuperNodeSupervisor(link.address, node_config, local_trainer=warm,
-                                      root_certificates=str(certs / "ca.crt"), auth_private_key=str(certs / f"node{i}"),
-                                      log_path=work / tag / f"supernode{i}.log",
-                                      trainer_log_path=work / tag / f"trainer{i}.log")
-            sup.start()
-            sups.append(sup)
-        if warm:  # a robot starts its trainer once, at boot: wait for the warm-up instead of timing it per round
-            for i, sup in enumerate(sups):
-                assert sup.trainer.wait_ready(120) and ping(robots[i], timeout_s=300), f"trainer {i} not ready"
-            warmup_s = time.monotonic() - t_start
+        fed.start()
+        # a robot starts its trainer once, at boot: wait for the warm-up instead of timing it per round
+        warmup_s = fed.wait_trainers(timeout_s=300) if warm else None
         ckpt = work / tag / "server" / "checkpoints"
         cfg = {"num-server-rounds": args.rounds, "min-nodes": 2, "model-config": json.dumps({}),
                "local-steps": args.local_steps, "batch-size": args.batch_size, "round-timeout": 600.0,
                "checkpoint-dir": str(ckpt), **overrides}
         with CpuSampler() as cpu:
             t0 = time.monotonic()
-            run_id = link.submit(cfg)
-            info = link.wait_run(run_id, timeout=1800, poll_s=0.5, on_poll=lambda _: [s.poll() for s in sups])
+            run_id = fed.submit(cfg)
+            info = fed.link.wait_run(run_id, timeout=1800, poll_s=0.5, on_poll=lambda _: fed.poll())
             wall = time.monotonic() - t0
         rounds = [json.loads((ckpt / f"round_{r:04d}.json").read_text())["metrics"] for r in range(1, args.rounds + 1)]
-        trainer_restarts = sum(s.status.trainer_restarts for s in sups)
+        trainer_restarts = fed.trainer_restarts
     finally:
-        for s in sups:
-            s.stop()
-        link.stop()
+        fed.stop()
     per_round = []
     for m in rounds:
         clients = max(int(m.get("num-clients", 0)), 1)
@@ -152,19 +161,42 @@ def run_config_rounds(name: str, overrides: dict, args, work: Path, certs: Path,
             "client_process_s_max": m.get("round-client-s-max"),
             "client_load_s_max": m.get("load-s-max"),
             "handoff_s_max": m.get("handoff-s-max"),
+            "delivery_s_max": m.get("delivery-s-max"),
+            "clientapp_start_s_max": m.get("clientapp-start-s-max"),
+            "trainer_s_max": m.get("trainer-s-max"),
+            "return_s_max": m.get("return-s-max"),
+            "aggregate_s": m.get("aggregate-s"),
+            "round_start_time": m.get("round-start-time"),
             "overhead_s": m["round-wall-s"] - m.get("train-time-s-max", 0.0),
             "flower_s": m["round-wall-s"] - m.get("round-client-s-max", 0.0),
             "train_loss": m.get("train-loss"),
         })
     mean = lambda key: float(np.mean([r[key] for r in per_round]))  # noqa: E731
     later = per_round[1:] or per_round
+    breakdown = {}
+    for key in ("delivery_s_max", "clientapp_start_s_max", "return_s_max", "handoff_s_max", "aggregate_s"):
+        values = [r[key] for r in per_round if r.get(key) is not None]
+        if values:
+            breakdown[key.replace("_max", "") + "_mean"] = float(np.mean(values))
+    ours = [r["client_process_s_max"] - r["trainer_s_max"] - (r["handoff_s_max"] or 0.0) for r in per_round
+            if r.get("trainer_s_max") is not None and r.get("client_process_s_max") is not None]
+    if ours:
+        breakdown["clientapp_own_s_mean"] = float(np.mean(ours))
+    trainer_extra = [r["trainer_s_max"] - r["local_train_s_max"] for r in per_round
+                     if r.get("trainer_s_max") is not None and r.get("local_train_s_max") is not None]
+    if trainer_extra:
+        breakdown["trainer_load_save_s_mean"] = float(np.mean(trainer_extra))
+    starts = [r["round_start_time"] for r in per_round if r.get("round_start_time") is not None]
+    cycles = [b - a for a, b in zip(starts, starts[1:])]
     return {"mode": mode, "status": info.get("status"), "run_wall_s": wall, "trainer_warmup_s": warmup_s,
             "trainer_restarts": trainer_restarts if warm else None, "cpu": cpu.summary(), "rounds": per_round,
             "bytes_up_per_client_per_round": mean("bytes_up_per_client"),
             "bytes_down_per_client_per_round": mean("bytes_down_per_client"),
             "round_wall_s_mean": mean("round_wall_s"), "overhead_s_mean": mean("overhead_s"),
             "flower_s_mean": mean("flower_s"),
-            "overhead_s_after_first_round": float(np.mean([r["overhead_s"] for r in later]))}
+            "overhead_s_after_first_round": float(np.mean([r["overhead_s"] for r in later])),
+            "round_cycle_s_mean": float(np.mean(cycles)) if cycles else None,
+            "breakdown": breakdown}
 
 
 def main() -> None:
@@ -176,6 +208,9 @@ def main() -> None:
     parser.add_argument("--modes", default="warm,cold", help="warm (warm local trainer) and/or cold (in-process)")
     parser.add_argument("--cold-configs", default="eda-trunk-fp16",
                         help="configs also run cold ('all' = every config; cold runs are slow)")
+    parser.add_argument("--robot-threads", type=int, default=1,
+                        help="torch/OpenMP threads of each simulated robot's processes (0 = torch's default)")
+    parser.add_argument("--keep-work", action="store_true", help="keep the work folder (logs) and print its path")
     parser.add_argument("--out", default="benchmarks/results/federation_cost.json", help="output JSON")
     args = parser.parse_args()
 
@@ -220,6 +255,13 @@ def main() -> None:
         "model": {"config": "FedVLAConfig() defaults", "trunk_params": trunk, "total_params": total,
                   "trunk_fraction": trunk / total},
         "settings": vars(args),
+        "flwr_1_41_fixed_delays": {
+            "supernode_sleep_after_empty_pull_s": 3.0,  # flwr/supernode/start_client_internal.py:263
+            "supernode_reply_poll_s": 0.5,              # flwr/supernode/start_client_internal.py:470
+            "clientapp_process_per_message": True,      # flwr/supernode/runtime/run_clientapp.py (one message, exit)
+            "note": "a robot pulls right after replying, finds nothing and sleeps 3 s: >= 3 s from its reply "
+                    "to its next message; breakdown.delivery_s includes that wait and the ClientApp process start",
+        },
         "cpu_idle_before": idle.summary(),
         "results": results,
         "summary": summary,
@@ -235,7 +277,10 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1, default=float))
     print(f"wrote {path}")
-    shutil.rmtree(work, ignore_errors=True)
+    if args.keep_work:
+        print(f"logs kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

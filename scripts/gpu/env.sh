@@ -7,7 +7,7 @@
 # Wheels land in /tmp/site, which outlives a call while the machine stays warm: a later call may
 # carry only what it adds (FEDVLA_SITE_READY=1 skips nothing, it only reports what is there).
 if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
-for d in .whl .whl_flwr; do
+for d in .whl .whl_mw .whl_flwr; do
   [ -d "$d" ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "$d"/*.whl 2>&1 | grep -v "WARNING: Target directory" || true
 done

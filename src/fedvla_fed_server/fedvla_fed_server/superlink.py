@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,13 @@ APP_DIR = Path(__file__).resolve().parent / "flwr_app"
 
 
 def _bin_dir() -> str:
-    return str(Path(sys.executable).parent)
+    """Folder of flower-superlink and flwr: next to the interpreter (a venv), else wherever PATH has them
+    (Flower installed with ``pip --target``, e.g. the GPU machine's /tmp/site/bin)."""
+    local = Path(sys.executable).parent
+    if (local / "flower-superlink").exists():
+        return str(local)
+    found = shutil.which("flower-superlink")
+    return str(Path(found).parent) if found else str(local)
 
 
 class SuperLinkProcess:

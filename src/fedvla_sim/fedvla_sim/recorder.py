@@ -151,6 +151,10 @@ def record(cfg: RecordConfig, progress: bool = True) -> dict:
     next_seed = cfg.seed_start
     bar = tqdm(total=cfg.episodes, desc=f"{cfg.suite}/{cfg.task}", unit="ep", disable=not progress)
     ctx = mp.get_context("spawn")
+    if cfg.workers > 1:
+        # A failing Pool initializer is retried forever by multiprocessing: make the env here first so a
+        # missing simulator or asset fails once, with its own error.
+        make_env(cfg.suite, cfg.task, cfg.seed_start, cfg.camera_size)
     pool = ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(cfg,)) if cfg.workers > 1 else None
     if pool is None:
         _init_worker(cfg)
