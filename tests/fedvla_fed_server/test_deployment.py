@@ -49,6 +49,24 @@ def wait_for(cond, timeout, poll=0.5, what=""):
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def test_reply_return_times_use_the_clientapps_stamp_and_drop_it():
+    from flwr.app import Message, Metadata, MetricRecord, RecordDict
+
+    from fedvla_fed_server.server_app import REPLY_TIME_KEY, reply_return_times
+
+    now = time.time()
+
+    def reply(metrics):  # what the ServerApp pulls: a train reply from node 7
+        meta = Metadata(run_id=1, message_id="", src_node_id=7, dst_node_id=0, reply_to_message_id="m1",
+                        group_id="1", created_at=now, ttl=60.0, message_type="train")
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), metadata=meta)
+
+    replies = [reply({"num-examples": 3, REPLY_TIME_KEY: now - 2.0}), reply({"num-examples": 1})]
+    got = reply_return_times(replies, [now, now])
+    assert got == [pytest.approx(2.0)]
+    assert REPLY_TIME_KEY not in replies[0].content["metrics"] and replies[0].content["metrics"]["num-examples"] == 3
+
+
 @pytest.mark.slow
 def test_tls_auth_round_nan_rejected_unregistered_refused_restart_resumes(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -90,6 +108,13 @@ def test_tls_auth_round_nan_rejected_unregistered_refused_restart_resumes(tmp_pa
         assert all(np.isfinite(v).all() for v in g1.values())
         assert any(not np.array_equal(g0[k], g1[k]) for k in g0)  # the good robots changed the trunk
         assert len(r1["metrics"]["expert-counts.0"]) == TINY["n_experts"]
+        # Where the round's time went: message delivery, ClientApp process start, reply path (all > 0,
+        # and each within the round); the ClientApp's reply-time stamp is consumed by the server.
+        m = r1["metrics"]
+        for key in ("delivery-s-max", "clientapp-start-s-max", "return-s-max"):
+            assert 0 < m[key] < m["round-wall-s"], (key, m[key], m["round-wall-s"])
+        assert m["clientapp-start-s-max"] < m["delivery-s-max"] and "reply-time" not in m
+        assert abs(m["round-start-time"] - time.time()) < 600
         for i in (0, 1):
             report = json.loads((robots[i] / ".round_report.json").read_text())
             assert report["state"] == "done" and report["server_round"] == 1 and report["bytes_up"] > 0

@@ -21,6 +21,7 @@ HTTP objects, and ~100 small ones per message cost far more than the bytes.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 
@@ -33,6 +34,30 @@ from fedvla_fed_client.round_gate import RoundReport, wait_and_take_gate, write_
 from fedvla_fed_server.array_packing import pack_arrays, unpack_arrays
 
 log = logging.getLogger("fedvla.client")
+
+#: Set by the ServerApp (fedvla_fed_server.server_app): when it pushed the round, and (ours) when we replied.
+ROUND_PUSH_TIME_KEY = "round-push-time"
+REPLY_TIME_KEY = "reply-time"
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc), i.e. what flwr-clientapp spent before calling us."""
+    try:
+        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime_s = float(open("/proc/uptime").read().split()[0])
+        return max(uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _timing_metrics(conf: dict, entered: float, age: float | None) -> dict:
+    """How the message reached this ClientApp: delivery-s (server push -> here), clientapp-start-s (process start -> here)."""
+    out = {}
+    if ROUND_PUSH_TIME_KEY in conf:
+        out["delivery-s"] = max(entered - float(conf[ROUND_PUSH_TIME_KEY]), 0.0)
+    if age is not None:
+        out["clientapp-start-s"] = age
+    return out
 
 app = ClientApp()
 
@@ -67,7 +92,8 @@ def _train(cfg: LocalRoundConfig, global_arrays: dict, mode: str, timeout_s: flo
         t0 = time.monotonic()
         try:
             result, trainer_s = request_round(cfg, global_arrays, timeout_s=timeout_s)
-            return result, {"warm-trainer": 1, "handoff-s": max(time.monotonic() - t0 - trainer_s, 0.0)}
+            return result, {"warm-trainer": 1, "trainer-s": trainer_s,
+                            "handoff-s": max(time.monotonic() - t0 - trainer_s, 0.0)}
         except TrainerError as err:
             raise RuntimeError(f"local trainer: {err}") from err
         except TrainerUnavailable as err:
@@ -84,6 +110,7 @@ def _record(arrays: dict) -> ArrayRecord:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One federated round on this robot."""
+    entered, age = time.time(), process_age_s()
     logging.basicConfig(level=logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     cfg, gate_timeout, trainer_timeout = _round_config(msg, context)
@@ -109,8 +136,9 @@ def train(msg: Message, context: Context) -> Message:
             {"num-examples": 0, "bytes-down": bytes_down, "failed": 1})}), reply_to=msg)
     record = _record(pack_arrays(result.upload))  # one flat array per dtype: far fewer Flower objects
     bytes_up = record.count_bytes()
-    metrics = dict(result.metrics, **handoff, **{"bytes-up": bytes_up, "bytes-down": bytes_down,
-                                      "round-client-s": time.monotonic() - t0})
+    timing = _timing_metrics(dict(msg.content["config"]) if "config" in msg.content else {}, entered, age)
+    metrics = dict(result.metrics, **handoff, **timing, **{"bytes-up": bytes_up, "bytes-down": bytes_down,
+                                                          "round-client-s": time.monotonic() - t0})
     scalar = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     write_report(cfg.episode_dir, RoundReport(
         server_round=cfg.server_round, state="done" if result.upload else "skipped", bytes_up=bytes_up,
@@ -118,4 +146,5 @@ def train(msg: Message, context: Context) -> Message:
         num_episodes=int(metrics.get("num-episodes", 0)), episode_ids=result.episode_ids,
         metrics=scalar, checkpoint=result.checkpoint,
         message="" if result.upload else "no successful episodes to train on"))
+    metrics[REPLY_TIME_KEY] = time.time()
     return Message(RecordDict({"arrays": record, "metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -25,8 +25,21 @@ torch and loading the model. A SuperNode restart leaves the trainer (and its war
 Latency: the supervisor sets ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (how often the SuperNode's
 SuperExec asks for a message to start a ClientApp for; flwr's default is 1 s) to 0.25 s unless
 ``env`` says otherwise: ~0.4 s less per round for ~2.5% of one core while idle (measured; 0.1 s
-costs ~6%). The SuperNode's own 3 s wait between pulls from the SuperLink is fixed in flwr 1.41
-(no flag or variable), as is one fresh ``flwr-clientapp`` process per message.
+costs ~6%). The rest of a round's Flower latency is fixed in flwr 1.41, with no flag or variable
+(measured on loopback with benchmarks/federation_cost.py, 2-core CPU):
+
+* ``flwr/supernode/start_client_internal.py:263``: ``time.sleep(3)`` after every pull that found no
+  message. A SuperNode pulls right after sending its reply, finds nothing (the server still waits
+  for the others and aggregates), and sleeps 3 s, so from a robot's reply to its next message is
+  >= 3 s, whatever the server does meanwhile (a faster server only makes the robot wait longer).
+* ``start_client_internal.py:470``: the SuperNode looks for the ClientApp's reply every 0.5 s.
+* ``flwr/supernode/runtime/run_clientapp.py`` runs one message and exits (``flwr_exit``), and
+  ``flwr/supercore/superexec/executor/subprocess_executor.py:76-83`` starts a fresh
+  ``flwr-clientapp`` per message; importing it takes ~1 s of CPU (fastapi, sqlalchemy, alembic).
+  ``--isolation process`` does not change this: the SuperNode then expects an external
+  ``flower-superexec``, which launches the same one-shot process. Flower's warm executors
+  (``warm_executor_pool.py:33``) cover only agent/model/connector tasks, on Kubernetes.
+* Installing the FAB per message is cheap here (a ~1 kB pyproject-only FAB: a few ms).
 """
 from __future__ import annotations
 

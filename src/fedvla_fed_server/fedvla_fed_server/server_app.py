@@ -102,19 +102,54 @@ class ServerRunConfig:
 REPLY_POLL_S = 0.2
 
 
-def send_and_receive(grid, messages: list, timeout: float, poll_s: float = REPLY_POLL_S) -> list:
-    """Grid.send_and_receive with a short poll interval: push, then pull until all replied or timeout."""
+def send_and_receive(grid, messages: list, timeout: float, poll_s: float = REPLY_POLL_S,
+                     arrivals: list | None = None) -> list:
+    """Grid.send_and_receive with a short poll interval: push, then pull until all replied or timeout.
+
+    ``arrivals`` (optional) gets the wall-clock time (time.time()) each reply was pulled, in reply order.
+    """
     pending = set(grid.push_messages(messages))
     replies: list = []
     deadline = time.monotonic() + timeout
     while pending:
         got = list(grid.pull_messages(pending))
         replies.extend(got)
+        if arrivals is not None:
+            arrivals.extend([time.time()] * len(got))
         pending.difference_update(m.metadata.reply_to_message_id for m in got)
         if not pending or time.monotonic() >= deadline:
             break
         time.sleep(poll_s)
     return replies
+
+
+#: ConfigRecord key: wall-clock time (time.time()) the server pushed the round; the ClientApp reports
+#: how long the message took to reach it ("delivery-s"; meaningful where clocks agree, e.g. loopback).
+ROUND_PUSH_TIME_KEY = "round-push-time"
+#: MetricRecord key: wall-clock time the ClientApp returned its reply; the server turns it into
+#: "return-s-max" (reply path: ClientApp -> SuperNode -> SuperLink -> ServerApp) and drops it.
+REPLY_TIME_KEY = "reply-time"
+
+
+def stamp_push_time(messages: list) -> None:
+    """Write the push time into each train message's config (ClientApps report delivery-s from it)."""
+    now = time.time()
+    for msg in messages:
+        if "config" in msg.content:
+            msg.content["config"][ROUND_PUSH_TIME_KEY] = now
+
+
+def reply_return_times(replies: list, arrivals: list[float]) -> list[float]:
+    """Seconds from each ClientApp's reply to its arrival here; removes the reply-time metric from the replies."""
+    out = []
+    for msg, arrived in zip(replies, arrivals):
+        if msg.has_error() or "metrics" not in msg.content:
+            continue
+        metrics = msg.content["metrics"]
+        if REPLY_TIME_KEY in metrics:
+            out.append(max(arrived - float(metrics[REPLY_TIME_KEY]), 0.0))
+            del metrics[REPLY_TIME_KEY]
+    return out
 
 
 def initial_model_arrays(cfg: ServerRunConfig) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
@@ -151,17 +186,25 @@ def run_rounds(grid, strategy, store: CheckpointStore, initial: Callable[[], tup
         store.save(0, arrays, {"layout": layout, "strategy": strategy.name, "metrics": {}})
     summary = {"resumed_from": start, "rounds": []}
     for rnd in range(start + 1, cfg.num_server_rounds + 1):
-        t0 = time.monotonic()
+        t0, start_time = time.monotonic(), time.time()
         log.info("[ROUND %d/%d] strategy=%s", rnd, cfg.num_server_rounds, strategy.name)
         record = numpy_to_arrays(pack_arrays(arrays))  # a few big arrays travel much faster than ~100 small ones
         messages = list(strategy.configure_train(rnd, record, ConfigRecord(cfg.client_config()), grid))
-        replies = send_and_receive(grid, messages, cfg.round_timeout) if messages else []
+        stamp_push_time(messages)  # after configure_train, which may wait for nodes
+        arrivals: list[float] = []
+        replies = send_and_receive(grid, messages, cfg.round_timeout, arrivals=arrivals) if messages else []
+        return_s = reply_return_times(replies, arrivals)
+        t_agg = time.monotonic()
         new, metrics = strategy.aggregate_train(rnd, replies)
         if new is not None:
             arrays = {k: v.numpy() for k, v in new.items()}
         metrics = dict(metrics or {})
         metrics["bytes-down-per-client"] = int(record.count_bytes())
         metrics["round-wall-s"] = time.monotonic() - t0
+        metrics["aggregate-s"] = time.monotonic() - t_agg
+        metrics["round-start-time"] = start_time
+        if return_s:
+            metrics["return-s-max"] = max(return_s)
         metrics["sent"] = len(messages)
         metrics["replies"] = len(replies)
         store.save(rnd, arrays, {"layout": strategy.layout, "strategy": strategy.name,
