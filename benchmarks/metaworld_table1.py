@@ -892,6 +892,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("out", "results_md", "work_dir"):
         if getattr(args, key):
             setattr(cfg, key, getattr(args, key))
+    cfg.work_dir = str(Path(cfg.work_dir).resolve())  # Flower CLIs run from other folders: no relative paths
     os.environ.setdefault("MUJOCO_GL", "egl")
     signal.signal(signal.SIGTERM, _interrupted)
     deadline = Deadline(cfg.phase_time_budget_s)
