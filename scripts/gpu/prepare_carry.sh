@@ -18,6 +18,11 @@ flwr_deps=(flwr cryptography cffi pycparser pycryptodome iterators tomli tomli_w
            grpcio-health-checking typer rich protobuf pathspec packaging markupsafe)
 specs=(); for p in "${flwr_deps[@]}"; do specs+=("$p==$(.venv/bin/pip show "$p" | awk '/^Version/{print $2}')"); done
 "${PIP[@]/#.whl/.whl_flwr}" --platform manylinux_2_24_x86_64 --platform manylinux_2_34_x86_64 "${specs[@]}"
+# The Meta-World benchmark's set (.whl_mw): .whl without the Panda-only wheels, with Meta-World's pinned
+# mujoco 3.3.0 (6.6 MB instead of 21 MB), so .whl_mw + .whl_flwr + .gl + .carry + .carry_mw fit one 64 MiB call.
+rm -rf .whl_mw && mkdir -p .whl_mw
+for f in .whl/*.whl; do case "$f" in *mujoco-*|*zstandard*|*toppra*) ;; *) ln -f "$f" .whl_mw/;; esac; done
+"${PIP[@]/#.whl/.whl_mw}" mujoco==3.3.0 glfw==2.11.0
 mkdir -p .gl /tmp/amd64/partial
 o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
 apt-get $o update -qq && (cd .gl && apt-get $o download libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
@@ -44,4 +49,4 @@ texts = sorted({p for t in TASKS.values() for p in t.phrasings} | {p for ps in M
 FrozenSentenceEncoder("", 32).save_cache(".carry/lang_cache.pt", texts)
 print(f"{len(texts)} instructions cached")
 PY
-du -sh .whl .whl_flwr .gl .carry .carry_panda .carry_mw
+du -sh .whl .whl_mw .whl_flwr .gl .carry .carry_panda .carry_mw
