@@ -138,10 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="base policy checkpoint of every robot")
     p.add_argument("--out", default="", help="run folder (default: runs/fleet-<time>)")
     p.add_argument("--eval-seeds", type=int, default=2, help="held-out seeds per task for before/after success")
-    p.add_argument("--max-steps", type=int, default=80, help="step limit of each evaluation goal")
+    p.add_argument("--max-steps", type=int, default=150, help="step limit of each evaluation goal (the base checkpoint's eval uses 150)")
     p.add_argument("--demos", type=int, default=6, help="demonstrations each robot records")
     p.add_argument("--rounds", type=int, default=2, help="federated rounds")
     p.add_argument("--local-steps", type=int, default=30, help="optimizer steps per robot per round")
+    p.add_argument("--local-lr", type=float, default=5e-5,
+                   help="robots' learning rate: fine-tuning a trained base on a handful of demonstrations")
+    p.add_argument("--local-batch", type=int, default=16, help="robots' batch size")
     p.add_argument("--strategy", default="eda", choices=["eda", "fedavg", "fedprox"], help="aggregation")
     p.add_argument("--round-timeout", type=float, default=400.0, help="seconds per round before it times out")
     p.add_argument("--port", type=int, default=9092, help="SuperLink port")
@@ -189,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
              "--rounds", str(args.rounds), "--min-clients", str(len(robots)), "--strategy", args.strategy,
              "--state-dir", str(out / "federation"), "--base-checkpoint", str(checkpoint),
              "--local-steps", str(args.local_steps), "--round-timeout", str(args.round_timeout),
+             "--lr", str(args.local_lr), "--batch-size", str(args.local_batch),
              "--run-config", "gate-timeout=1200"],
             stdout=server_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         handles = [RobotHandle(r.namespace, r.domain_id) for r in robots]
