@@ -229,7 +229,7 @@ def test_out_of_limit_chunks_are_clipped_or_rejected_and_a_dead_camera_aborts(pr
     far[3] = PANDA_LIMITS.upper[3] + 1.0
     ckpt_near = make_checkpoint(tmp_path / "near", near)
     ckpt_far = make_checkpoint(tmp_path / "far", far)
-    server = processes.start(server_args(checkpoint=ckpt_near, stale_input_timeout_s=0.6), "server")
+    server = processes.start(server_args(checkpoint=ckpt_near, stale_input_timeout_s=2.0), "server")
     wait_for_server(client, server, processes)
     probes = []
     assert wait_for(lambda: probes.append(client.send("reach up")) or probes[-1].wait_accepted(5.0), 30.0), \
@@ -270,7 +270,7 @@ def test_out_of_limit_chunks_are_clipped_or_rejected_and_a_dead_camera_aborts(pr
     assert run.wait(10.0)
     assert run.status_name == "aborted"
     assert "camera 'wrist'" in run.result.reason and run.result.reason.startswith("stale_input"), run.result.reason
-    assert time.monotonic() - t_stop < 3.0
+    assert time.monotonic() - t_stop < 4.0  # the 2 s stale-input timeout + a control tick + slack for a busy CI box
 
     # `fedvla goal`: live progress lines, then the result; a rejected goal prints the reason.
     robot.camera_on["wrist"] = True
