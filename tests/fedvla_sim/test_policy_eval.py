@@ -22,8 +22,25 @@ def test_expert_as_policy_succeeds_and_frozen_arm_fails(env):
 
     env.reset(0)
     hold = joint_targets_to_action(env.joint_positions())
-    result = rollout_policy(env, lambda obs: np.repeat(hold[None], 5, 0), seed=0, max_steps=15, execute_steps=5)
+    frames = []
+
+    def frozen(obs):
+        frames.append(obs["images"]["agentview"].copy())
+        return np.repeat(hold[None], 5, 0)
+
+    rendered = []
+    real_render = env.render
+    env.render = lambda cam: rendered.append(cam) or real_render(cam)
+    try:
+        result = rollout_policy(env, frozen, seed=0, max_steps=15, execute_steps=5)
+    finally:
+        del env.render
     assert not result["success"] and result["steps"] == 15
+    # re-planning every 5 steps: 3 policy calls, each on a fresh frame; the cameras render only for the reset
+    # and for the frame each re-plan reads (3 + 1 of the 15 steps' observations), not on every step
+    assert len(frames) == 3
+    cams = len(env.config.camera_names)
+    assert len(rendered) == cams * 4
 
 
 def test_eval_config_validates_fields():

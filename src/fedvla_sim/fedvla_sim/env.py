@@ -126,8 +126,10 @@ class PandaTabletopEnv:
         self.steps = 0
         return self.observation()
 
-    def step(self, action: np.ndarray) -> dict:
-        """Advance one control step toward the 8-dim action (7 joint targets + gripper in [0, 1])."""
+    def step(self, action: np.ndarray, render: bool = True) -> dict:
+        """Advance one control step toward the 8-dim action (7 joint targets + gripper in [0, 1]).
+
+        ``render=False`` skips the cameras for steps whose frames nobody reads (receding-horizon rollouts)."""
         action = np.asarray(action, dtype=float)
         if action.shape != (8,):
             raise ValueError(f"action must have shape (8,), got {action.shape}")
@@ -138,7 +140,7 @@ class PandaTabletopEnv:
             self._apply_ctrl(self._target)
             mujoco.mj_step(self.model, self.data)
         self.steps += 1
-        return self.observation()
+        return self.observation(render)
 
     # ----- low-level access for the ROS node ---------------------------------------------------
     def set_joint_targets(self, targets: np.ndarray) -> None:
@@ -183,9 +185,9 @@ class PandaTabletopEnv:
     def success(self) -> bool:
         return self.task.success(self.object_poses())
 
-    def observation(self) -> dict:
+    def observation(self, render: bool = True) -> dict:
         obs = {"joint_positions": self.joint_positions(), "instruction": self.instruction}
-        if self._want_render:
+        if self._want_render and render:
             obs["images"] = {cam: self.render(cam) for cam in self.config.camera_names}
         return obs
 

@@ -75,13 +75,15 @@ class MetaWorldEnv:
         self.steps = 0
         return self.observation()
 
-    def step(self, action: np.ndarray) -> dict:
+    def step(self, action: np.ndarray, render: bool = True) -> dict:
+        """Apply one action; ``render=False`` skips the cameras (a receding-horizon rollout only looks at
+        the frame it re-plans from, and rendering is ~99% of a step's cost)."""
         action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
         if action.shape != (4,):
             raise ValueError(f"Meta-World action must have shape (4,), got {action.shape}")
         self._obs, _, _, _, self._info = self.env.step(action)
         self.steps += 1
-        return self.observation()
+        return self.observation(render)
 
     @property
     def control_dt(self) -> float:
@@ -99,9 +101,9 @@ class MetaWorldEnv:
     def success(self) -> bool:
         return bool(self._info.get("success", 0.0))
 
-    def observation(self) -> dict:
+    def observation(self, render: bool = True) -> dict:
         obs = {"joint_positions": self.joint_positions(), "instruction": self.instruction}
-        if self._want_render:
+        if self._want_render and render:
             obs["images"] = {cam: self.render(cam) for cam in self.camera_names}
         return obs
 

@@ -100,8 +100,9 @@ def rollout_policy(env, act: Callable[[dict], np.ndarray], seed: int, max_steps:
         chunk = np.asarray(act({"images": obs["images"], "instruction": env.instruction,
                                 "proprio": obs["joint_positions"]}))
         act_time += time.perf_counter() - t0
-        for action in chunk[:execute_steps]:
-            obs = env.step(action)
+        executed = chunk[:execute_steps]
+        for i, action in enumerate(executed):
+            obs = env.step(action, render=i == len(executed) - 1)  # only the frame re-planned from
             steps += 1
             if env.success():
                 return {"success": True, "steps": steps, "act_ms": 1000 * act_time / max(1, steps)}
