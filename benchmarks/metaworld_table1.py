@@ -240,6 +240,10 @@ def record_command(cfg: Table1Config, task: str) -> str:
 
 
 def git_commit() -> str:
+    """HEAD (+ -dirty) of the checkout, or FEDVLA_GIT_COMMIT where the caller knows better (a lent GPU machine's
+    copy of the repo carries the session-start .git, not the commit whose files it runs)."""
+    if os.environ.get("FEDVLA_GIT_COMMIT"):
+        return os.environ["FEDVLA_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, timeout=10)
