@@ -239,6 +239,8 @@ def test_out_of_limit_chunks_are_clipped_or_rejected_and_a_dead_camera_aborts(pr
     assert run.result is not None and run.result.reason == "max_steps", processes.log(server)
     assert probes[-1].wait(5.0) and probes[-1].status_name == "aborted" and probes[-1].result.reason == "preempted"
     assert run.feedback and run.feedback[-1].step == 4 and run.feedback[-1].inference_latency_ms > 0
+    # observers (the fed client) name and label the episode from the feedback alone
+    assert {(fb.episode_id, fb.instruction) for fb in run.feedback} == {(run.result.episode_id, "reach up")}
     arm = [t for t in robot.trajectories if len(t.points) > 2]
     assert arm, "no trajectory reached the controller"
     assert all(points_within_limits(t) for t in robot.trajectories)

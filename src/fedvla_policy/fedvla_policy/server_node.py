@@ -457,7 +457,8 @@ class PolicyServer(Node):
         def feedback(phase: str) -> None:
             goal_handle.publish_feedback(ExecuteInstruction.Feedback(
                 step=step, phase=phase, progress=progress(step, max_steps, time.monotonic() - start, time_limit),
-                mean_active_experts=mean_active, inference_latency_ms=latency_ms))
+                mean_active_experts=mean_active, inference_latency_ms=latency_ms,
+                episode_id=episode_id, instruction=goal.instruction))
 
         while True:
             now = time.monotonic()
