@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
+from fedvla_policy.input_sync import StampedHistory
 from fedvla_policy.server_logic import (Frame, JointSample, LatestInputs, ServerConfig, goal_rejection_reason,
                                         instruction_problem, progress, proprio_vector, step_budget)
 
@@ -54,8 +55,42 @@ def test_snapshot_needs_all_cameras_in_sync_and_new():
     assert inputs.snapshot(cams, 0.1, after=10.6) is None  # nothing new since the last step
     inputs.put_frame("agentview", _frame(100.1, 10.7))
     assert inputs.snapshot(cams, 0.1, after=10.6) is None  # only one camera is new: wait for the other
+    assert inputs.cameras_without_frame_after(cams, 10.6) == ["wrist"]
     inputs.put_frame("wrist", _frame(100.12, 10.72))
     assert inputs.snapshot(cams, 0.1, after=10.6).newest_frame_received == 10.72
+
+
+def test_snapshot_reads_proprio_at_the_frames_stamp():
+    """Joint states arrive at 50 Hz, frames at 10 Hz: the policy must see the arm where the image shows it."""
+    inputs = LatestInputs()
+    cams = ["agentview", "wrist"]
+    for k in range(10):  # joint a moves 0.1 rad every 20 ms, stamped 100.00 .. 100.18
+        inputs.put_joint(JointSample({"a": 0.1 * k}, {}, 10.0 + 0.02 * k, stamp=100.0 + 0.02 * k))
+    inputs.put_frame("agentview", _frame(100.08, 10.19))
+    inputs.put_frame("wrist", _frame(100.081, 10.19))
+    snap = inputs.snapshot(cams, 0.1)
+    assert snap.joint.positions["a"] == pytest.approx(0.9)  # newest: where the trajectory must start
+    assert snap.observed_joint.positions["a"] == pytest.approx(0.4)  # 100.08: what the images show
+    # frames far from every joint stamp, or unstamped joint states: fall back to the newest joint state
+    inputs.put_frame("agentview", _frame(101.0, 10.3))
+    inputs.put_frame("wrist", _frame(101.0, 10.3))
+    assert inputs.snapshot(cams, 0.1).observed_joint.positions["a"] == pytest.approx(0.9)
+    unstamped = LatestInputs()
+    unstamped.put_joint(JointSample({"a": 0.5}, {}, 10.0))
+    unstamped.put_frame("agentview", _frame(100.0, 10.0))
+    unstamped.put_frame("wrist", _frame(100.0, 10.0))
+    assert unstamped.snapshot(cams, 0.1).observed_joint.positions["a"] == 0.5
+
+
+def test_stamped_history_finds_the_nearest_sample_within_tolerance():
+    history = StampedHistory(maxlen=3)
+    for stamp, value in ((1.0, "a"), (1.1, "b"), (0.5, "late"), (0.0, "unstamped"), (1.2, "c"), (1.3, "d")):
+        history.add(stamp, value)
+    assert len(history) == 3  # out-of-order and unstamped samples dropped, the oldest evicted
+    assert history.nearest(1.14, 0.05) == "b" and history.nearest(1.16, 0.05) == "c"
+    assert history.nearest(5.0, 0.05) is None and history.nearest(1.0, 0.05) is None  # evicted
+    with pytest.raises(ValueError, match="maxlen"):
+        StampedHistory(maxlen=0)
 
 
 def test_stale_reason_names_the_input():

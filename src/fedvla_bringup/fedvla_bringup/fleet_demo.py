@@ -142,8 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demos", type=int, default=6, help="demonstrations each robot records")
     p.add_argument("--rounds", type=int, default=2, help="federated rounds")
     p.add_argument("--local-steps", type=int, default=30, help="optimizer steps per robot per round")
-    p.add_argument("--local-lr", type=float, default=5e-5,
-                   help="robots' learning rate: fine-tuning a trained base on a handful of demonstrations")
+    p.add_argument("--local-lr", type=float, default=1e-5,
+                   help="robots' learning rate: fine-tuning a trained base on a handful of demonstrations "
+                        "(measured: 60 steps at 5e-5 on 6 clean demos took the base from 50%% to 22%% on its tasks; "
+                        "1e-5 kept 50%%)")
     p.add_argument("--local-batch", type=int, default=16, help="robots' batch size")
     p.add_argument("--strategy", default="eda", choices=["eda", "fedavg", "fedprox"], help="aggregation")
     p.add_argument("--round-timeout", type=float, default=400.0, help="seconds per round before it times out")

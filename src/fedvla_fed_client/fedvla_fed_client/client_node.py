@@ -37,6 +37,7 @@ from fedvla_msgs.action import ExecuteInstruction
 from fedvla_msgs.msg import MetricValue, RoundStatus
 from fedvla_msgs.srv import LoadCheckpoint, RunExpert, TriggerRound
 from fedvla_policy.image_conversion import image_to_numpy, to_rgb
+from fedvla_policy.input_sync import StampedHistory
 
 TERMINAL = {GoalStatus.STATUS_SUCCEEDED: "succeeded", GoalStatus.STATUS_CANCELED: "canceled",
             GoalStatus.STATUS_ABORTED: "aborted"}
@@ -84,6 +85,7 @@ class FedClientNode(Node):
         self._state, self._message = "idle", ""
         self._last_report = None
         self._sim_instruction = ""
+        self._joint_history = StampedHistory()
 
         sensors = MutuallyExclusiveCallbackGroup()
         for cam in self.cameras:
@@ -126,6 +128,8 @@ class FedClientNode(Node):
     def _on_joints(self, msg: JointState) -> None:
         with self._lock:
             self._joints.update(zip(msg.name, msg.position))
+            joints = dict(self._joints)
+        self._joint_history.add(msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec, joints)
 
     def _on_trajectory(self, msg: JointTrajectory) -> None:
         times = [pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9 for pt in msg.points]
@@ -143,8 +147,13 @@ class FedClientNode(Node):
             except ValueError as err:
                 self.get_logger().warning(f"episode step skipped: {err}", throttle_duration_sec=5.0)
                 return
-            joints = dict(self._joints)
-            commanded = self.tracker.target(time.monotonic() + 1.0 / float(self.p["record_rate_hz"]), joints)
+            # the joint state and commanded target of the frames' instant (input_sync), as `fedvla-sim record`
+            # pairs them; the newest ones when the topics are unstamped
+            frame_stamp = max(m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec for m in self._images.values())
+            at_frames = self._joint_history.nearest(frame_stamp, 0.1)
+            joints = dict(at_frames if at_frames is not None else self._joints)
+            age = min(max(0.0, time.time() - frame_stamp), 0.1) if at_frames is not None else 0.0
+            commanded = self.tracker.target(time.monotonic() - age + 1.0 / float(self.p["record_rate_hz"]), joints)
             trajectory = self.tracker.last_trajectory if self._new_trajectory else None
             self._new_trajectory = False
             try:

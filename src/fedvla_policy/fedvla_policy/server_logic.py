@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from fedvla_policy.motion import PANDA_ARM_JOINTS, PANDA_FINGER_MAX_M, PANDA_GRIPPER_JOINT
+from fedvla_policy.input_sync import StampedHistory
 
 
 @dataclass
@@ -153,6 +154,7 @@ class JointSample:
     positions: dict[str, float]
     velocities: dict[str, float]
     received: float
+    stamp: float = 0.0  # header stamp in seconds (0 when the publisher left it unset)
 
 
 @dataclass
@@ -160,8 +162,13 @@ class Snapshot:
     """One consistent set of inputs for a policy step."""
 
     images: dict[str, np.ndarray]
-    joint: JointSample
+    joint: JointSample  # the newest joint state: where the arm is now (trajectories start here)
     newest_frame_received: float
+    proprio_joint: JointSample | None = None  # the joint state at the frames' stamp: what the policy reads
+
+    @property
+    def observed_joint(self) -> JointSample:
+        return self.proprio_joint if self.proprio_joint is not None else self.joint
 
 
 class LatestInputs:
@@ -171,6 +178,7 @@ class LatestInputs:
         self._lock = threading.Lock()
         self._frames: dict[str, Frame] = {}
         self._joint: JointSample | None = None
+        self._joint_history = StampedHistory()
 
     def put_frame(self, camera: str, frame: Frame) -> None:
         with self._lock:
@@ -179,10 +187,16 @@ class LatestInputs:
     def put_joint(self, sample: JointSample) -> None:
         with self._lock:
             self._joint = sample
+        self._joint_history.add(sample.stamp, sample)
 
     def missing_cameras(self, cameras: list[str]) -> list[str]:
         with self._lock:
             return [c for c in cameras if c not in self._frames]
+
+    def cameras_without_frame_after(self, cameras: list[str], after: float) -> list[str]:
+        """Cameras whose newest frame arrived at or before ``after`` (time.monotonic()): the ones holding a step up."""
+        with self._lock:
+            return [c for c in cameras if c not in self._frames or self._frames[c].received <= after]
 
     def has_joint_state(self) -> bool:
         with self._lock:
@@ -224,7 +238,11 @@ class LatestInputs:
         if min(f.received for f in frames) <= after:
             return None
         newest = max(f.received for f in frames)
-        return Snapshot({c: f.image for c, f in zip(cameras, frames)}, joint, newest)
+        # proprioception of the frames' instant (input_sync): falls back to the newest joint state when the
+        # frames or joint states are unstamped or no joint state lies within max_skew of the frames
+        at_frames = self._joint_history.nearest(max(f.stamp for f in frames), max_skew) \
+            if all(f.stamp > 0 for f in frames) else None
+        return Snapshot({c: f.image for c, f in zip(cameras, frames)}, joint, newest, at_frames)
 
 
 def proprio_vector(joint: JointSample, arm_joints: list[str], gripper_joint: str) -> np.ndarray:

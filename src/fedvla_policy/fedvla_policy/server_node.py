@@ -292,7 +292,8 @@ class PolicyServer(Node):
     def _on_joint_state(self, msg: JointState) -> None:
         pos = dict(zip(msg.name, msg.position))
         vel = dict(zip(msg.name, msg.velocity)) if len(msg.velocity) == len(msg.name) else {}
-        self.inputs.put_joint(JointSample(pos, vel, time.monotonic()))
+        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        self.inputs.put_joint(JointSample(pos, vel, time.monotonic(), stamp))
 
     def _on_task_success(self, msg: Bool) -> None:
         if msg.data:
@@ -482,6 +483,10 @@ class PolicyServer(Node):
                 waited = now - last_step_time
                 limit = cfg.startup_input_timeout_s if step == 0 else cfg.stale_input_timeout_s
                 if waited > limit:
+                    silent = self.inputs.cameras_without_frame_after(cameras, last_frame)
+                    if silent:
+                        return finish("abort", "stale_input: " + ", ".join(f"camera '{c}'" for c in silent)
+                                      + f" sent no new frame for {waited:.2f} s")
                     return finish("abort", f"stale_input: no new, consistent set of camera frames for {waited:.2f} s "
                                            f"(cameras {cameras}, max_frame_skew_s {cfg.max_frame_skew_s})")
                 if step == 0:
@@ -490,7 +495,7 @@ class PolicyServer(Node):
                 continue
             last_frame = snap.newest_frame_received
             try:
-                proprio = proprio_vector(snap.joint, cfg.arm_joint_names, cfg.gripper_joint)
+                proprio = proprio_vector(snap.observed_joint, cfg.arm_joint_names, cfg.gripper_joint)
                 current, velocity = current_positions(snap.joint, cfg.arm_joint_names, cfg.gripper_joint)
             except KeyError as exc:
                 return finish("abort", f"joint state: {exc.args[0]}", hold=False)

@@ -176,8 +176,8 @@ class SimRobotNode(Node):
         next_time = time.monotonic()
         try:
             while not self._camera_stop.is_set():
+                stamp = self.get_clock().now().to_msg()  # the instant the scene is captured, not when rasterised
                 images = self.robot.render_images()
-                stamp = self.get_clock().now().to_msg()
                 for cam, img in images.items():
                     h, w, _ = img.shape
                     msg = Image(height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3)
