@@ -144,7 +144,14 @@ def run_config_rounds(name: str, overrides: dict, args, work: Path, certs: Path,
             run_id = fed.submit(cfg)
             info = fed.link.wait_run(run_id, timeout=1800, poll_s=0.5, on_poll=lambda _: fed.poll())
             wall = time.monotonic() - t0
-        rounds = [json.loads((ckpt / f"round_{r:04d}.json").read_text())["metrics"] for r in range(1, args.rounds + 1)]
+        records = [json.loads((ckpt / f"round_{r:04d}.json").read_text()) for r in range(1, args.rounds + 1)]
+        for r, rec in enumerate(records, 1):
+            if "bytes-up" not in rec["metrics"]:  # no client result was aggregated: say why instead of a KeyError
+                raise RuntimeError(
+                    f"{tag}: round {r} aggregated no client result (sent {rec['metrics'].get('sent')}, replies "
+                    f"{rec['metrics'].get('replies')}, rejected {rec.get('rejected')}); the robots' logs are under "
+                    f"{work / 'robots'} (local_trainer.log, supernode.log) and the ServerApp's under {work / tag / 'server'}")
+        rounds = [rec["metrics"] for rec in records]
         trainer_restarts = fed.trainer_restarts
     finally:
         fed.stop()

@@ -3,8 +3,10 @@
 # copy the results to $OUT. A device command runs at most 10 minutes, so run the phases one call at a
 # time; each phase skips finished work and stops starting new work after phase_time_budget_s (500 s),
 # so calling the same phase again resumes it (the ServerApp resumes from its last round checkpoint):
-#   device run: carry [.whl, .whl_flwr, .gl, .carry, .carry_mw],
-#               command: PHASE=record bash scripts/gpu/metaworld_table1.sh
+#   device run: carry [.whl_mw, .whl_flwr, .gl, .carry, .carry_mw] (59 MB; scripts/gpu/prepare_carry.sh),
+#               command: FEDVLA_GIT_COMMIT=<git rev-parse HEAD here> PHASE=all bash scripts/gpu/metaworld_table1.sh
+#   (the machine's copy of the repo carries the session-start .git, so the commit is passed in).
+#   The 2026-11-26 run: docs/metaworld_table1_analysis.md (3 calls, 22 min held: record + train, eval, resume + eval).
 #   then PHASE=train (until every method says done), PHASE=eval (until every method-round is there), PHASE=report.
 # The work folder (data/metaworld_table1: demos, runs, snapshots, evals) must survive between calls:
 # the machine stays warm between calls; if it was given back, carry data/metaworld_table1 or start over.
