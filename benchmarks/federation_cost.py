@@ -66,7 +66,7 @@ CONFIGS = {
 def make_episodes(directory: Path, seed: int, cameras, size: int, episodes: int = 2, steps: int = 10) -> None:
     rng = np.random.default_rng(seed)
     for _ in range(episodes):
-        w = EpisodeWriter(directory, metadata={"instruction": "open the drawer", "robot_id": directory.name},
+        w = EpisodeWriter(directory, metadata={"instruction": "close the drawer", "robot_id": directory.name},
                           camera_names=cameras, joint_names=[f"j{i}" for i in range(8)],
                           action_names=[f"a{i}" for i in range(8)])
         for t in range(steps):
