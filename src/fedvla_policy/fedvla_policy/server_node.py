@@ -23,8 +23,9 @@ A goal ends on task_success (succeeded), on its step or time limit, on a stale c
 state (aborted, the reason names the input), on preemption (aborted, "preempted"), or on cancel
 (canceled); except on preemption the arm then brakes smoothly and holds where it stopped.
 
-Threading (lessons from the anchors): the execute callback is ``async`` and never spins; the
-action server and the instruction client live in a ReentrantCallbackGroup, the sensor
+Threading: the execute callback blocks its own executor thread (waits on a threading.Event that the
+next camera frame or a timeout sets) and never spins; the action server and the instruction client
+live in a ReentrantCallbackGroup, the sensor
 subscriptions in their own group, the checkpoint service in a third, all on a
 MultiThreadedExecutor, so frames keep arriving while a goal runs and a checkpoint loads.
 """
@@ -45,7 +46,6 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.task import Future
 from rcl_interfaces.msg import ParameterDescriptor
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
@@ -144,7 +144,7 @@ class PolicyServer(Node):
         self._runs: dict[bytes, _GoalRun] = {}  # every accepted goal not finished yet
         self._active_lock = threading.Lock()
         self._success_time = -np.inf
-        self._frame_waiters: list[Future] = []
+        self._frame_waiters: list[threading.Event] = []
         self._waiters_lock = threading.Lock()
         self._camera_subs: dict[str, object] = {}
         self.reference = ReferenceTracker()
@@ -285,9 +285,8 @@ class PolicyServer(Node):
         self.inputs.put_frame(camera, Frame(image, stamp, time.monotonic()))
         with self._waiters_lock:
             waiters, self._frame_waiters = self._frame_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(True)
+        for event in waiters:
+            event.set()
 
     def _on_joint_state(self, msg: JointState) -> None:
         pos = dict(zip(msg.name, msg.position))
@@ -339,27 +338,26 @@ class PolicyServer(Node):
             self._runs[bytes(goal_handle.goal_id.uuid)] = _GoalRun(goal_handle)
         goal_handle.execute()
 
-    async def _sleep(self, seconds: float, wake_on_frame: bool = False) -> None:
-        """Wait without blocking an executor thread (a one-shot timer completes a Future)."""
-        fut = Future()
-        timer = None
+    def _sleep(self, seconds: float, wake_on_frame: bool = False) -> None:
+        """Block this goal's executor thread for ``seconds``, or until the next camera frame.
 
-        def fire():
-            timer.cancel()
-            if not fut.done():
-                fut.set_result(False)
-
-        timer = self.create_timer(max(seconds, 1e-4), fire, callback_group=self._action_group)
+        Goals run as plain blocking callbacks in the Reentrant action group (the MultiThreadedExecutor
+        has threads to spare). An earlier coroutine version created and destroyed an rclpy timer on every
+        wait, and on a loaded 2-core machine steps then stalled for seconds while frames kept arriving.
+        """
+        event = threading.Event()
         if wake_on_frame:
             with self._waiters_lock:
-                self._frame_waiters.append(fut)
+                self._frame_waiters.append(event)
         try:
-            await fut
+            event.wait(max(seconds, 0.0))
         finally:
-            timer.cancel()
-            self.destroy_timer(timer)
+            if wake_on_frame:
+                with self._waiters_lock:
+                    if event in self._frame_waiters:
+                        self._frame_waiters.remove(event)
 
-    async def _execute(self, goal_handle):
+    def _execute(self, goal_handle):
         key = bytes(goal_handle.goal_id.uuid)
         with self._active_lock:
             run = self._runs[key]
@@ -372,9 +370,9 @@ class PolicyServer(Node):
                 if self._active is None:
                     self._active = run
                     break
-            await self._sleep(0.01)
+            self._sleep(0.01)
         try:
-            return await self._run_goal(goal_handle, run)
+            return self._run_goal(goal_handle, run)
         finally:
             with self._active_lock:
                 self._active = None
@@ -423,7 +421,7 @@ class PolicyServer(Node):
         self._usage_pub.publish(msg)
         return overall
 
-    async def _run_goal(self, goal_handle, run: _GoalRun):
+    def _run_goal(self, goal_handle, run: _GoalRun):
         cfg = self.cfg
         goal = goal_handle.request
         max_steps, time_limit = step_budget(goal.max_steps, goal.time_limit_s,
@@ -491,7 +489,7 @@ class PolicyServer(Node):
                                            f"(cameras {cameras}, max_frame_skew_s {cfg.max_frame_skew_s})")
                 if step == 0:
                     feedback("waiting_for_input")
-                await self._sleep(min(period, 0.05), wake_on_frame=True)
+                self._sleep(min(period, 0.05), wake_on_frame=True)
                 continue
             last_frame = snap.newest_frame_received
             try:
@@ -533,7 +531,7 @@ class PolicyServer(Node):
             # Sleep until the next tick; a fresh frame is waited for at the top of the loop.
             delay = next_tick - time.monotonic()
             if delay > 1e-3:
-                await self._sleep(delay)
+                self._sleep(delay)
 
 
 def main(args=None) -> int:
