@@ -32,6 +32,7 @@ MultiThreadedExecutor, so frames keep arriving while a goal runs and a checkpoin
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import uuid
@@ -534,7 +535,15 @@ class PolicyServer(Node):
                 self._sleep(delay)
 
 
+#: GIL switch interval of the server process (CPython's default: 5 ms). The goal thread runs the model
+#: (hundreds of small torch ops, each re-taking the GIL) while executor threads handle 50 Hz joint states
+#: and camera frames; at 5 ms single steps took 0.6-1.6 s on 2 cores and frames went unprocessed for >1 s
+#: (`stale_input` aborts), at 0.5 ms steps took 20-70 ms (single-robot probe, 2026-11-26).
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 def main(args=None) -> int:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     rclpy.init(args=args)
     node = PolicyServer()
     executor = MultiThreadedExecutor(num_threads=6)
