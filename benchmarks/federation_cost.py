@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -53,8 +52,7 @@ import numpy as np
 from fedvla_fed_client.episodes import EpisodeWriter
 from fedvla_fed_server.certs import generate_certificates
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _deployment import LoopbackFederation  # noqa: E402
+from fedvla_bringup.loopback_federation import LoopbackFederation
 
 CONFIGS = {
     "eda-trunk-fp32": {"strategy": "eda", "scope": "trunk", "upload-dtype": "float32"},

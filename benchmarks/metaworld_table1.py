@@ -2,7 +2,7 @@
 
 Four clients, one Meta-World task each (door-lock, drawer-close, sweep-into, window-open), three
 RGB cameras. Every method runs as a real loopback deployment: a SuperLink (TLS + SuperNode auth)
-and one supervised SuperNode per client with its warm local trainer (benchmarks/_deployment.py);
+and one supervised SuperNode per client with its warm local trainer (fedvla_bringup.loopback_federation);
 there is no training loop of the benchmark's own. Methods (same model, data, seeds and optimizer
 steps in total):
 
@@ -47,8 +47,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _deployment import LoopbackFederation, cpu_model_name, thread_env  # noqa: E402
+from fedvla_bringup.loopback_federation import LoopbackFederation, cpu_model_name, thread_env
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("record", "train", "eval", "report")

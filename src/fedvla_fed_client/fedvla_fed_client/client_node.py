@@ -37,7 +37,7 @@ from fedvla_msgs.action import ExecuteInstruction
 from fedvla_msgs.msg import MetricValue, RoundStatus
 from fedvla_msgs.srv import LoadCheckpoint, RunExpert, TriggerRound
 from fedvla_policy.image_conversion import image_to_numpy, to_rgb
-from fedvla_policy.input_sync import StampedHistory
+from fedvla_policy.input_sync import StampedHistory, stamp_seconds
 
 TERMINAL = {GoalStatus.STATUS_SUCCEEDED: "succeeded", GoalStatus.STATUS_CANCELED: "canceled",
             GoalStatus.STATUS_ABORTED: "aborted"}
@@ -129,7 +129,7 @@ class FedClientNode(Node):
         with self._lock:
             self._joints.update(zip(msg.name, msg.position))
             joints = dict(self._joints)
-        self._joint_history.add(msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec, joints)
+        self._joint_history.add(stamp_seconds(msg.header.stamp), joints)
 
     def _on_trajectory(self, msg: JointTrajectory) -> None:
         times = [pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9 for pt in msg.points]
@@ -149,7 +149,7 @@ class FedClientNode(Node):
                 return
             # the joint state and commanded target of the frames' instant (input_sync), as `fedvla-sim record`
             # pairs them; the newest ones when the topics are unstamped
-            frame_stamp = max(m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec for m in self._images.values())
+            frame_stamp = max(stamp_seconds(m.header.stamp) for m in self._images.values())
             at_frames = self._joint_history.nearest(frame_stamp, 0.1)
             joints = dict(at_frames if at_frames is not None else self._joints)
             age = min(max(0.0, time.time() - frame_stamp), 0.1) if at_frames is not None else 0.0

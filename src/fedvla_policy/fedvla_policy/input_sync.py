@@ -15,6 +15,11 @@ from collections import deque
 from typing import Any
 
 
+def stamp_seconds(stamp) -> float:
+    """A ROS ``builtin_interfaces/Time`` (``header.stamp``) in seconds; 0.0 when the publisher left it unset."""
+    return stamp.sec + 1e-9 * stamp.nanosec
+
+
 class StampedHistory:
     """The last ``maxlen`` samples of a stamped stream; ``nearest(stamp)`` finds the closest one."""
 

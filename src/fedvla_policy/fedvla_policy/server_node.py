@@ -58,6 +58,7 @@ from fedvla_msgs.srv import LoadCheckpoint
 from fedvla_policy.image_conversion import image_to_numpy, to_rgb
 from fedvla_policy.motion import (PANDA_LIMITS, JointLimits, MotionConfig, MotionRejected, hold_trajectory,
                                   make_backend, moveit_available, stop_trajectory)
+from fedvla_policy.input_sync import stamp_seconds
 from fedvla_policy.server_logic import (Frame, JointSample, LatestInputs, ReferenceTracker, ServerConfig,
                                         current_positions,
                                         goal_rejection_reason, progress, proprio_vector, step_budget)
@@ -282,7 +283,7 @@ class PolicyServer(Node):
         except ValueError as exc:
             self.get_logger().error(f"camera '{camera}': {exc}", throttle_duration_sec=5.0)
             return
-        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        stamp = stamp_seconds(msg.header.stamp)
         self.inputs.put_frame(camera, Frame(image, stamp, time.monotonic()))
         with self._waiters_lock:
             waiters, self._frame_waiters = self._frame_waiters, []
@@ -292,7 +293,7 @@ class PolicyServer(Node):
     def _on_joint_state(self, msg: JointState) -> None:
         pos = dict(zip(msg.name, msg.position))
         vel = dict(zip(msg.name, msg.velocity)) if len(msg.velocity) == len(msg.name) else {}
-        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        stamp = stamp_seconds(msg.header.stamp)
         self.inputs.put_joint(JointSample(pos, vel, time.monotonic(), stamp))
 
     def _on_task_success(self, msg: Bool) -> None:
