@@ -26,6 +26,20 @@ def test_every_node_of_the_graph_has_its_yaml_and_entry_point(tmp_path):
         assert f'"{spec.executable} = {spec.module}:main"' in setup
 
 
+def test_the_sim_policy_server_plans_within_the_sim_arms_own_joint_ranges():
+    """The sim Panda's MJCF ranges differ from the datasheet (joint 6 tops out at 2.11 rad, not 3.75); its
+    trajectory follower rejects points outside them, so the server of a sim robot must plan within them."""
+    from fedvla_sim.sim_robot import SimRobot, SimRobotConfig
+
+    server = next(s for s in robot_graph(sim=True, sim_tasks=["pick_up_green_block"]) if s.executable == "policy_server")
+    lower, upper = server.parameters["joint_lower_limits"], server.parameters["joint_upper_limits"]
+    sim = SimRobot(SimRobotConfig(task="pick_up_green_block"))
+    assert lower == sim.env.position_limits[:7, 0].tolist() and upper == sim.env.position_limits[:7, 1].tolist()
+    assert upper[5] < 3.0  # not the datasheet's 3.7525
+    real = next(s for s in robot_graph(sim=False) if s.executable == "policy_server")
+    assert "joint_lower_limits" not in real.parameters  # a real arm keeps the YAML's (datasheet) limits
+
+
 def test_fleet_config_gives_distinct_namespaces_and_domains():
     fleet = load_fleet_config()
     assert len(fleet.robots) >= 2

@@ -9,7 +9,7 @@ from fedvla_policy.motion import (PANDA_LIMITS, EndEffectorBackend, JointLimits,
                                   hold_trajectory, make_backend)
 
 HOME = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785])
-CFG = MotionConfig(velocity_scale=0.5, acceleration_scale=0.5, nominal_step_s=0.0)
+CFG = MotionConfig(velocity_scale=0.5, acceleration_scale=0.5, nominal_step_s=0.0, timing="time_optimal")
 
 
 def assert_within_limits(traj: PlannedTrajectory, limits: JointLimits, cfg: MotionConfig, slack: float = 1.02):
@@ -46,9 +46,45 @@ def test_joint_chunk_starts_at_current_and_ends_at_last_target():
 
 
 def test_nominal_timing_never_runs_faster_than_the_policy_meant():
-    cfg = MotionConfig(nominal_step_s=0.1)
+    cfg = MotionConfig(nominal_step_s=0.1, timing="time_optimal")
     traj = JointSpaceBackend(config=cfg).plan(HOME, chunk_towards(HOME + 0.01, n=10))
     assert traj.duration == pytest.approx(1.0, rel=0.02)
+
+
+def test_chunk_timing_reaches_each_action_one_control_period_after_the_last():
+    """The default timing: action k at (k + 1) * period, exactly the chunk's targets (as demonstrated)."""
+    chunk = chunk_towards(HOME + 0.2, n=10, gripper=0.5)
+    traj = JointSpaceBackend(config=MotionConfig(nominal_step_s=0.1)).plan(np.r_[HOME, 0.04], chunk)
+    np.testing.assert_allclose(traj.times, 0.1 * np.arange(11), atol=1e-9)
+    np.testing.assert_allclose(traj.positions[1:, :7], chunk[:, :7], atol=1e-9)
+    np.testing.assert_allclose(traj.positions[1:, 7], 0.5 * 0.04)
+    np.testing.assert_allclose(traj.positions[0], np.r_[HOME, 0.04])
+    assert np.all(traj.velocities[-1] == 0.0)  # a stalled policy leaves the arm at rest on its last target
+    assert traj.report.slowed_down_by == 1.0
+
+
+def test_chunk_timing_counts_from_the_observation_and_skips_actions_already_due():
+    chunk = chunk_towards(HOME + 0.2, n=10)
+    backend = JointSpaceBackend(config=MotionConfig(nominal_step_s=0.1))
+    traj = backend.plan(HOME, chunk, observation_age_s=0.13)  # action 0 was due 30 ms ago
+    np.testing.assert_allclose(traj.times[1:], 0.1 * np.arange(2, 11) - 0.13, atol=1e-9)
+    np.testing.assert_allclose(traj.positions[1:, :7], chunk[1:, :7], atol=1e-9)
+    with pytest.raises(MotionRejected, match="stale chunk"):
+        backend.plan(HOME, chunk, observation_age_s=1.2)
+
+
+def test_chunk_timing_lengthens_only_a_segment_that_breaks_a_velocity_limit():
+    cfg = MotionConfig(nominal_step_s=0.1, velocity_scale=0.5)
+    chunk = chunk_towards(HOME + 0.01, n=5)
+    chunk[0, 0] = HOME[0] + 0.3  # 3 rad/s in 0.1 s: above 0.5 x 2.175 rad/s on joint 1
+    chunk[1:, 0] = HOME[0] + 0.3
+    traj = JointSpaceBackend(config=cfg).plan(HOME, chunk)
+    first = 0.3 / (PANDA_LIMITS.max_velocity[0] * 0.5)
+    assert traj.times[1] == pytest.approx(first)
+    np.testing.assert_allclose(np.diff(traj.times[1:]), 0.1, atol=1e-9)  # the rest keeps its timing
+    assert traj.report.slowed_down_by > 1.0 and traj.report.velocity_limited == ["panda_joint1"]
+    speed = np.abs(np.diff(traj.positions[:, :7], axis=0)) / np.diff(traj.times)[:, None]
+    assert np.all(speed <= PANDA_LIMITS.max_velocity * 0.5 * (1 + 1e-9))
 
 
 def test_slightly_outside_targets_are_clipped_and_reported(caplog):

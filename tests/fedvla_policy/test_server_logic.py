@@ -118,8 +118,26 @@ def test_budget_and_progress():
     assert progress(20, 10, 0.0, 60.0) == 1.0
 
 
+def test_observation_age_comes_from_the_capture_stamp_else_the_arrival():
+    inputs = LatestInputs()
+    inputs.put_joint(JointSample({"a": 0.0}, {}, 10.0, stamp=100.0))
+    inputs.put_frame("agentview", _frame(100.00, 10.05))
+    inputs.put_frame("wrist", _frame(100.02, 10.06))
+    snap = inputs.snapshot(["agentview", "wrist"], 0.1)
+    assert snap.age(clock_now=100.07, monotonic_now=10.08) == pytest.approx(0.05)  # newest capture stamp
+    assert snap.age(clock_now=99.0, monotonic_now=10.08) == 0.0  # a clock behind the camera's: never negative
+    unstamped = LatestInputs()
+    unstamped.put_joint(JointSample({"a": 0.0}, {}, 10.0))
+    unstamped.put_frame("agentview", _frame(0.0, 10.05))
+    unstamped.put_frame("wrist", _frame(0.0, 10.06))
+    assert unstamped.snapshot(["agentview", "wrist"], 0.1).age(100.07, 10.10) == pytest.approx(0.04)
+
+
 def test_config_validation_names_the_field():
     for kwargs, name in [({"control_rate_hz": 0}, "control_rate_hz"), ({"on_new_goal": "queue"}, "on_new_goal"),
+                         ({"joint_lower_limits": [0.0] * 3}, "joint_lower_limits"),
+                         ({"joint_upper_limits": [-9.0] * 7}, "joint_lower_limits must be below"),
+                         ({"trajectory_timing": "fast"}, "trajectory_timing"),
                          ({"camera_topic_template": "cam"}, "camera_topic_template"),
                          ({"stale_input_timeout_s": -1}, "stale_input_timeout_s")]:
         with pytest.raises(ValueError, match=name):

@@ -36,6 +36,10 @@ def robot_graph(*, sim: bool, checkpoint: str = "", episode_dir: str = "", robot
         nodes.append(NodeSpec(*SIM_ROBOT, parameters=params,
                               role="MuJoCo Panda: cameras, joint_states, task_success; follows JointTrajectory"))
     policy_params = {"checkpoint": checkpoint} if checkpoint else {}
+    if sim:  # plan within the sim arm's own joint ranges (its MJCF's, not the datasheet's)
+        from fedvla_sim.scene import arm_position_limits
+
+        policy_params["joint_lower_limits"], policy_params["joint_upper_limits"] = arm_position_limits()
     nodes.append(NodeSpec(*POLICY_SERVER, parameters=policy_params,
                           role="ExecuteInstruction action server: VLA policy -> JointTrajectory"))
     if with_fed_client:

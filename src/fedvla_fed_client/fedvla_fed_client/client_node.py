@@ -36,6 +36,7 @@ from fedvla_fed_client.round_scheduler import RoundScheduler, ScheduleConfig
 from fedvla_msgs.action import ExecuteInstruction
 from fedvla_msgs.msg import MetricValue, RoundStatus
 from fedvla_msgs.srv import LoadCheckpoint, RunExpert, TriggerRound
+from fedvla_policy.gil import use_short_gil_switch_interval
 from fedvla_policy.image_conversion import image_to_numpy, to_rgb
 from fedvla_policy.input_sync import StampedHistory, stamp_seconds
 
@@ -308,6 +309,7 @@ class FedClientNode(Node):
 
 
 def main(args=None) -> int:
+    use_short_gil_switch_interval()  # the recorder's sensor callbacks must keep up (see fedvla_policy.gil)
     rclpy.init(args=args if args is not None else sys.argv)
     node = FedClientNode()
     executor = MultiThreadedExecutor(num_threads=4)  # sensors, recording, schedule, goals/services

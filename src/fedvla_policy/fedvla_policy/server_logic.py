@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from fedvla_policy.motion import PANDA_ARM_JOINTS, PANDA_FINGER_MAX_M, PANDA_GRIPPER_JOINT
+from fedvla_policy.motion import PANDA_ARM_JOINTS, PANDA_FINGER_MAX_M, PANDA_GRIPPER_JOINT, PANDA_LIMITS
 from fedvla_policy.input_sync import StampedHistory
 
 
@@ -41,6 +41,11 @@ class ServerConfig:
     expert_usage_topic: str = field(default="expert_usage", metadata={"help": "fedvla_msgs/ExpertUsage output."})
     arm_joint_names: list[str] = field(default_factory=lambda: list(PANDA_ARM_JOINTS), metadata={
         "help": "Arm joints, in the order of the policy's action vector."})
+    joint_lower_limits: list[float] = field(default_factory=lambda: PANDA_LIMITS.lower.tolist(), metadata={
+        "help": "Lowest position (rad) of each arm joint, in arm_joint_names order: the robot's own range (default: "
+                "the Panda datasheet; the sim's MJCF differs, and its controller rejects points outside it)."})
+    joint_upper_limits: list[float] = field(default_factory=lambda: PANDA_LIMITS.upper.tolist(), metadata={
+        "help": "Highest position (rad) of each arm joint, in arm_joint_names order."})
     gripper_joint: str = field(default=PANDA_GRIPPER_JOINT, metadata={
         "help": "Gripper joint commanded by the last action entry ('' = no gripper)."})
     gripper_max: float = field(default=PANDA_FINGER_MAX_M, metadata={
@@ -70,7 +75,11 @@ class ServerConfig:
     acceleration_scale: float = field(default=0.5, metadata={"help": "Fraction of the joint acceleration limits used."})
     reject_margin: float = field(default=0.3, metadata={
         "help": "Targets further than this (rad) outside a joint range reject the chunk; closer ones are clipped."})
-    sample_dt: float = field(default=0.05, metadata={"help": "Spacing (s) of the trajectory points."})
+    trajectory_timing: str = field(default="chunk", metadata={
+        "help": "'chunk': action k of a chunk is reached (k + 1) control periods after the step, the timing the "
+                "policy was trained on; 'time_optimal': the motion backend's time parameterization (toppra, "
+                "or MoveIt's TOTG)."})
+    sample_dt: float = field(default=0.05, metadata={"help": "Spacing (s) of the trajectory points ('time_optimal')."})
     execute_horizon: int = field(default=0, metadata={
         "help": "Chunk actions turned into each trajectory (0 = the whole chunk)."})
     episode_id_prefix: str = field(default="", metadata={"help": "Prefix of episode ids (e.g. the robot id)."})
@@ -92,6 +101,8 @@ class ServerConfig:
             raise ValueError(f"on_new_goal must be 'preempt' or 'reject', got {self.on_new_goal!r}")
         if self.action_space not in ("joint", "ee"):
             raise ValueError(f"action_space must be 'joint' or 'ee', got {self.action_space!r}")
+        if self.trajectory_timing not in ("chunk", "time_optimal"):
+            raise ValueError(f"trajectory_timing must be 'chunk' or 'time_optimal', got {self.trajectory_timing!r}")
         if self.motion_backend not in ("auto", "moveit", "toppra"):
             raise ValueError(f"motion_backend must be 'auto', 'moveit' or 'toppra', got {self.motion_backend!r}")
         if self.action_space == "ee" and not (self.ik_model_path and self.ik_site):
@@ -100,6 +111,13 @@ class ServerConfig:
             raise ValueError("camera_topic_template must contain '{name}'")
         if not self.arm_joint_names:
             raise ValueError("arm_joint_names must not be empty")
+        for name in ("joint_lower_limits", "joint_upper_limits"):
+            if len(getattr(self, name)) != len(self.arm_joint_names):
+                raise ValueError(f"{name} needs one entry per arm joint ({len(self.arm_joint_names)}), "
+                                 f"got {len(getattr(self, name))}")
+        bad = [n for n, lo, hi in zip(self.arm_joint_names, self.joint_lower_limits, self.joint_upper_limits) if lo >= hi]
+        if bad:
+            raise ValueError(f"joint_lower_limits must be below joint_upper_limits; not for {bad}")
         if self.execute_horizon < 0:
             raise ValueError(f"execute_horizon must be >= 0, got {self.execute_horizon}")
 
@@ -165,10 +183,17 @@ class Snapshot:
     joint: JointSample  # the newest joint state: where the arm is now (trajectories start here)
     newest_frame_received: float
     proprio_joint: JointSample | None = None  # the joint state at the frames' stamp: what the policy reads
+    frame_stamp: float = 0.0  # header stamp (s) of the newest frame; 0 when a frame is unstamped
 
     @property
     def observed_joint(self) -> JointSample:
         return self.proprio_joint if self.proprio_joint is not None else self.joint
+
+    def age(self, clock_now: float, monotonic_now: float) -> float:
+        """Seconds since the observation: from the header stamps (capture time, same clock as
+        ``clock_now``) when the frames carry them, else from their arrival; never negative."""
+        age = clock_now - self.frame_stamp if self.frame_stamp > 0 else monotonic_now - self.newest_frame_received
+        return max(0.0, age)
 
 
 class LatestInputs:
@@ -242,7 +267,8 @@ class LatestInputs:
         # frames or joint states are unstamped or no joint state lies within max_skew of the frames
         at_frames = self._joint_history.nearest(max(f.stamp for f in frames), max_skew) \
             if all(f.stamp > 0 for f in frames) else None
-        return Snapshot({c: f.image for c, f in zip(cameras, frames)}, joint, newest, at_frames)
+        stamp = max(f.stamp for f in frames) if all(f.stamp > 0 for f in frames) else 0.0
+        return Snapshot({c: f.image for c, f in zip(cameras, frames)}, joint, newest, at_frames, stamp)
 
 
 def proprio_vector(joint: JointSample, arm_joints: list[str], gripper_joint: str) -> np.ndarray:

@@ -32,7 +32,6 @@ MultiThreadedExecutor, so frames keep arriving while a goal runs and a checkpoin
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 import uuid
@@ -56,6 +55,7 @@ from fedvla_msgs.action import ExecuteInstruction
 from fedvla_msgs.msg import ExpertUsage, LayerExpertUsage
 from fedvla_msgs.srv import LoadCheckpoint
 from fedvla_policy.image_conversion import image_to_numpy, to_rgb
+from fedvla_policy.gil import use_short_gil_switch_interval
 from fedvla_policy.motion import (PANDA_LIMITS, JointLimits, MotionConfig, MotionRejected, hold_trajectory,
                                   make_backend, moveit_available, stop_trajectory)
 from fedvla_policy.input_sync import stamp_seconds
@@ -117,6 +117,10 @@ def to_joint_trajectory(traj) -> JointTrajectory:
             positions=q, velocities=qd, accelerations=qdd,
             time_from_start=Duration(sec=nanos // 1_000_000_000, nanosec=nanos % 1_000_000_000)))
     return msg
+
+
+#: The next step needs frames received at least this many control periods after the last step's.
+STEP_SPACING = 0.7
 
 
 class _GoalRun:
@@ -208,14 +212,15 @@ class PolicyServer(Node):
     def _make_motion_backend(self):
         """moveit_py when asked for (or 'auto' and importable), else toppra; mink IK for 'ee' chunks."""
         cfg = self.cfg
-        limits = PANDA_LIMITS
         if list(cfg.arm_joint_names) != list(PANDA_LIMITS.names):
-            self.get_logger().warning("arm_joint_names differ from the Panda's: using Panda limits by position")
-            limits = JointLimits(tuple(cfg.arm_joint_names), PANDA_LIMITS.lower, PANDA_LIMITS.upper,
-                                 PANDA_LIMITS.max_velocity, PANDA_LIMITS.max_acceleration)
+            self.get_logger().warning("arm_joint_names differ from the Panda's: using Panda velocity and "
+                                      "acceleration limits by position")
+        limits = JointLimits(tuple(cfg.arm_joint_names), np.array(cfg.joint_lower_limits, dtype=float),
+                             np.array(cfg.joint_upper_limits, dtype=float),
+                             PANDA_LIMITS.max_velocity, PANDA_LIMITS.max_acceleration)
         motion_cfg = MotionConfig(
             velocity_scale=cfg.velocity_scale, acceleration_scale=cfg.acceleration_scale,
-            reject_margin=cfg.reject_margin, nominal_step_s=1.0 / cfg.control_rate_hz,
+            reject_margin=cfg.reject_margin, nominal_step_s=1.0 / cfg.control_rate_hz, timing=cfg.trajectory_timing,
             sample_dt=cfg.sample_dt, gripper_max=cfg.gripper_max)
         moveit_robot = None
         if cfg.motion_backend in ("auto", "moveit") and cfg.action_space == "joint" and moveit_available():
@@ -443,7 +448,6 @@ class PolicyServer(Node):
         start = time.monotonic()
         last_frame = -np.inf
         last_step_time = start
-        next_tick = start
         step = 0
         mean_active = 0.0
         latency_ms = 0.0
@@ -478,7 +482,12 @@ class PolicyServer(Node):
             stale = self.inputs.stale_reason(cameras, now, cfg.stale_input_timeout_s)
             if stale:
                 return finish("abort", stale)
-            snap = self.inputs.snapshot(cameras, cfg.max_frame_skew_s, after=last_frame)
+            # A step runs as soon as a complete set of new frames is in (the observation is as fresh as it
+            # gets), at most once per ~control period: frames must be at least STEP_SPACING periods newer
+            # than the last step's (a faster camera does not step faster; a 10 Hz camera with jitter never
+            # skips a frame). The first step takes only frames that arrived after the goal began.
+            after = start if step == 0 else last_frame + STEP_SPACING * period
+            snap = self.inputs.snapshot(cameras, cfg.max_frame_skew_s, after=after)
             if snap is None:
                 waited = now - last_step_time
                 limit = cfg.startup_input_timeout_s if step == 0 else cfg.stale_input_timeout_s
@@ -511,8 +520,9 @@ class PolicyServer(Node):
             latency_ms = (t_act - t0) * 1e3
             after = routed_and_tokens(policy)
             current, velocity = self.reference.state(time.monotonic(), current, velocity)
+            observation_age = snap.age(self.get_clock().now().nanoseconds * 1e-9, time.monotonic())
             try:
-                traj = self.motion.plan(current, chunk[:horizon], velocity)
+                traj = self.motion.plan(current, chunk[:horizon], velocity, observation_age_s=observation_age)
             except MotionRejected as exc:
                 self.get_logger().warning(f"chunk rejected by the motion backend: {exc}")
                 self._hold()
@@ -522,6 +532,7 @@ class PolicyServer(Node):
                 self._publish_trajectory(traj)
             self.get_logger().debug(
                 f"step {step + 1}: frame age at start {1e3 * (now - snap.newest_frame_received):.1f} ms, "
+                f"observation age at planning {1e3 * observation_age:.1f} ms, "
                 f"act {latency_ms:.1f} ms, plan+publish {1e3 * (time.perf_counter() - t_act):.1f} ms")
             step += 1
             last_step_time = time.monotonic()
@@ -529,22 +540,10 @@ class PolicyServer(Node):
             if before is not None and after is not None and after[1] > before[1]:
                 mean_active = (after[0] - before[0]) / (after[1] - before[1])  # this step's forward pass
             feedback("running")
-            next_tick = max(next_tick + period, time.monotonic())
-            # Sleep until the next tick; a fresh frame is waited for at the top of the loop.
-            delay = next_tick - time.monotonic()
-            if delay > 1e-3:
-                self._sleep(delay)
-
-
-#: GIL switch interval of the server process (CPython's default: 5 ms). The goal thread runs the model
-#: (hundreds of small torch ops, each re-taking the GIL) while executor threads handle 50 Hz joint states
-#: and camera frames; at 5 ms single steps took 0.6-1.6 s on 2 cores and frames went unprocessed for >1 s
-#: (`stale_input` aborts), at 0.5 ms steps took 20-70 ms (single-robot probe, 2026-11-26).
-GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def main(args=None) -> int:
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    use_short_gil_switch_interval()
     rclpy.init(args=args)
     node = PolicyServer()
     executor = MultiThreadedExecutor(num_threads=6)

@@ -204,7 +204,18 @@ class SimRobotNode(Node):
         self.robot.stop()
 
 
+#: GIL switch interval of the sim process (CPython's default: 5 ms). The physics thread re-takes the GIL
+#: for every MuJoCo step while the camera thread and the executor's timers compete for it; at 5 ms the
+#: physics fell behind real time and camera frames and joint states stopped for ~1 s at a time during
+#: policy goals (single-robot probe, 2-core machine); at 0.5 ms the largest gap was 0.13 s. Same setting
+#: and reason as the policy server's (fedvla_policy.gil; this package does not depend on fedvla_policy).
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 def main(args=None) -> None:
+    import sys
+
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     rclpy.init(args=args)
     node = SimRobotNode()
     executor = MultiThreadedExecutor(num_threads=4)

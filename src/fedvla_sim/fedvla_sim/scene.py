@@ -180,3 +180,16 @@ def load_model(with_objects: bool = True, visual_meshes: str = "fast"):
     import mujoco
 
     return mujoco.MjModel.from_xml_string(build_scene_xml(with_objects=with_objects, visual_meshes=visual_meshes))
+
+
+def arm_position_limits() -> tuple[list[float], list[float]]:
+    """(lower, upper) range in rad of each arm joint of the sim Panda, from its compiled MJCF.
+
+    The MJCF's ranges differ from the Panda datasheet (joint 4 stops at -0.4, joint 6 spans
+    [-1.66, 2.11]), and the sim's trajectory follower rejects points outside them, so a policy
+    server driving the sim must plan within these (the bringup passes them as parameters).
+    """
+    model = load_model(with_objects=False)
+    ranges = [model.joint(name).range for name in ARM_JOINTS]
+    return [float(r[0]) for r in ranges], [float(r[1]) for r in ranges]
+

@@ -35,6 +35,9 @@ class SimRobotConfig:
     status_rate_hz: float = field(default=5.0, metadata={"help": "task_success publish rate."})
     real_time_factor: float = field(default=1.0, metadata={"help": "Sim seconds per wall second; <= 0 runs as fast as possible."})
     physics_chunk_s: float = field(default=0.01, metadata={"help": "Sim seconds advanced per physics-loop iteration."})
+    max_catch_up_s: float = field(default=0.2, metadata={
+        "help": "Largest lag (sim s) the physics catches up on; beyond it the sim drops the lag and runs "
+                "slower than real time, like Gazebo at a real-time factor < 1."})
     controller_topic: str = field(default="arm_controller/joint_trajectory",
                                   metadata={"help": "JointTrajectory command topic (relative: the node's namespace applies)."})
     expert_control_dt: float = field(default=0.1, metadata={"help": "Seconds between the scripted expert's commands."})
@@ -48,7 +51,8 @@ class SimRobotConfig:
                 raise ValueError(f"SimRobotConfig.camera_names: unknown camera {cam!r}")
         if not 16 <= self.camera_size <= 1024:
             raise ValueError(f"SimRobotConfig.camera_size must be in [16, 1024], got {self.camera_size}")
-        for name in ("camera_rate_hz", "joint_state_rate_hz", "status_rate_hz", "physics_chunk_s", "expert_control_dt"):
+        for name in ("camera_rate_hz", "joint_state_rate_hz", "status_rate_hz", "physics_chunk_s", "expert_control_dt",
+                     "max_catch_up_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"SimRobotConfig.{name} must be > 0, got {getattr(self, name)}")
         if not self.controller_topic:
@@ -68,6 +72,7 @@ class SimRobot:
         self._thread: threading.Thread | None = None
         self._expert_abort = threading.Event()
         self.physics_steps = 0
+        self.dropped_lag_s = 0.0  # sim time given up because the physics fell behind real time
 
     # --- commands (thread-safe) -----------------------------------------------------------------
     def command_trajectory(self, joint_names, times, positions, start_delay: float | None = None) -> None:
@@ -203,14 +208,21 @@ class SimRobot:
         wall0, sim0 = time.monotonic(), self.sim_time
         while not self._stop.is_set():
             if rtf > 0:
+                now_sim = self.sim_time
                 due = sim0 + (time.monotonic() - wall0) * rtf
-                lag = due - self.sim_time
+                lag = due - now_sim
                 if lag < chunk:
                     time.sleep(min(0.005, (chunk - lag) / rtf))
                     continue
-                if lag > 1.0:  # fell far behind (e.g. the machine was busy): do not try to catch up
-                    wall0, sim0 = time.monotonic(), self.sim_time
+                if lag > self.config.max_catch_up_s:
+                    # Fell behind (a busy machine, or a reset moved sim time): give the lag up rather
+                    # than step flat out, which starves the camera and joint-state threads of the lock
+                    # and the GIL (measured: 1 s without a frame or joint state on a 2-core machine).
+                    if now_sim >= sim0:  # a reset sets sim time back; that is not lag
+                        self.dropped_lag_s += lag
+                    wall0, sim0 = time.monotonic(), now_sim
             self.advance(chunk)
+            time.sleep(0)  # let the sensor threads take the lock between chunks
 
 
 class _LockedEnvView:
