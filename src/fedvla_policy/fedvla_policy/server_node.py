@@ -448,6 +448,7 @@ class PolicyServer(Node):
         start = time.monotonic()
         last_frame = -np.inf
         last_step_time = start
+        first_step_time = np.inf
         step = 0
         mean_active = 0.0
         latency_ms = 0.0
@@ -472,7 +473,9 @@ class PolicyServer(Node):
                 return finish("canceled", "canceled")
             if run.preempted:
                 return finish("abort", "preempted", hold=False)
-            if self._success_time >= start:
+            # Only a success signal that arrived after the first step counts: std_msgs/Bool has no stamp,
+            # and a True from before a reset can be delivered late (seen: "success" 5 steps into a goal).
+            if step > 0 and self._success_time >= first_step_time:
                 feedback("finishing")
                 return finish("succeed", "success", success=True)
             if step >= max_steps:
@@ -536,6 +539,7 @@ class PolicyServer(Node):
                 f"act {latency_ms:.1f} ms, plan+publish {1e3 * (time.perf_counter() - t_act):.1f} ms")
             step += 1
             last_step_time = time.monotonic()
+            first_step_time = min(first_step_time, last_step_time)
             mean_active = self._publish_usage(policy, episode_id)  # since the goal started
             if before is not None and after is not None and after[1] > before[1]:
                 mean_active = (after[0] - before[0]) / (after[1] - before[1])  # this step's forward pass

@@ -121,6 +121,7 @@ class SimRobotNode(Node):
             return response
         response.success, response.instruction = True, instruction
         response.message = f"task {self.robot.env.task.name!r} seed {request.seed}"
+        self._publish_success()  # the new episode's (unsolved) state now, not at the next 5 Hz tick
         self._publish_instruction(instruction)
         self.get_logger().info(f"reset to {response.message}: {instruction!r}")
         return response

@@ -73,6 +73,7 @@ class SimRobot:
         self._expert_abort = threading.Event()
         self.physics_steps = 0
         self.dropped_lag_s = 0.0  # sim time given up because the physics fell behind real time
+        self._pacing_restart = False
 
     # --- commands (thread-safe) -----------------------------------------------------------------
     def command_trajectory(self, joint_names, times, positions, start_delay: float | None = None) -> None:
@@ -88,6 +89,7 @@ class SimRobot:
         with self.lock:
             self.env.reset(seed=seed, task=task or None)
             self.follower.hold(self.env.joint_targets)
+            self._pacing_restart = True  # sim time jumped back: the physics loop re-anchors its pacing
             return self.env.instruction
 
     # --- state (thread-safe) --------------------------------------------------------------------
@@ -208,18 +210,21 @@ class SimRobot:
         wall0, sim0 = time.monotonic(), self.sim_time
         while not self._stop.is_set():
             if rtf > 0:
-                now_sim = self.sim_time
+                with self.lock:
+                    now_sim, restart, self._pacing_restart = self.env.time, self._pacing_restart, False
+                if restart:
+                    wall0, sim0 = time.monotonic(), now_sim
                 due = sim0 + (time.monotonic() - wall0) * rtf
                 lag = due - now_sim
                 if lag < chunk:
                     time.sleep(min(0.005, (chunk - lag) / rtf))
                     continue
                 if lag > self.config.max_catch_up_s:
-                    # Fell behind (a busy machine, or a reset moved sim time): give the lag up rather
-                    # than step flat out, which starves the camera and joint-state threads of the lock
-                    # and the GIL (measured: 1 s without a frame or joint state on a 2-core machine).
-                    if now_sim >= sim0:  # a reset sets sim time back; that is not lag
-                        self.dropped_lag_s += lag
+                    # Fell behind (a busy machine): give the lag up rather than step flat out, which
+                    # starves the camera and joint-state threads of the lock and the GIL (measured: 1 s
+                    # without a frame or joint state on a 2-core machine). The sim then runs slower
+                    # than real time, like Gazebo at a real-time factor < 1.
+                    self.dropped_lag_s += lag
                     wall0, sim0 = time.monotonic(), now_sim
             self.advance(chunk)
             time.sleep(0)  # let the sensor threads take the lock between chunks
