@@ -42,3 +42,24 @@ def test_recorder_writes_a_readable_episode_and_discards_empty_ones(tmp_path):
     assert [f.stem for f in files] == ["goal-1", "goal-2"]  # retention kept the newest 2
     ep = read_episode(files[0])
     assert ep.success and ep.instruction == "put the red block in the bowl" and ep.num_steps == 4
+
+
+def test_next_goal_records_its_own_episode_while_the_last_ones_result_is_pending(tmp_path):
+    """Back-to-back goals: goal A's terminal status arrives, goal B starts, then A's result comes.
+    Before the fix, B's start aborted A's open episode and A's result closed B's (empty) one."""
+    layout = ActionLayout()
+    rec = GoalEpisodeRecorder(tmp_path, ["cam"], robot_id="r1", layout=layout)
+    joints = {n: 0.0 for n in layout.joint_names}
+    img = np.zeros((8, 8, 3), np.uint8)
+    rec.start("goal-a", "lift the green cube")
+    for t in range(3):
+        rec.step(1_000 + t, {"cam": img}, joints, joints)
+    pending = rec.detach()  # A's terminal status
+    rec.start("goal-b", "stack red on green")  # B's first feedback, before A's result
+    for t in range(5):
+        rec.step(2_000 + t, {"cam": img}, joints, joints)
+    assert rec.close(pending, True, "success").stem == "goal-a"  # A's result arrives
+    assert rec.finish(False, "max_steps").stem == "goal-b"
+    a, b = (read_episode(f) for f in list_episodes(tmp_path))
+    assert (a.instruction, a.success, a.num_steps) == ("lift the green cube", True, 3)
+    assert (b.instruction, b.success, b.num_steps) == ("stack red on green", False, 5)

@@ -178,16 +178,17 @@ class FedClientNode(Node):
             if bytes(status.goal_info.goal_id.uuid) == self._goal_id and status.status in TERMINAL:
                 goal_id, self._goal_id = status.goal_info.goal_id, None
                 self._finished_goals.append(bytes(goal_id.uuid))
+                with self._lock:  # the goal is over: the next one records into its own episode
+                    writer = self.recorder.detach()
                 request = ExecuteInstruction.Impl.GetResultService.Request(goal_id=goal_id)
                 future = self._get_result.call_async(request)
-                future.add_done_callback(lambda f, s=status.status: self._finish_goal(f, s))
+                future.add_done_callback(lambda f, s=status.status, w=writer: self._finish_goal(f, s, w))
 
-    def _finish_goal(self, future, status: int) -> None:
+    def _finish_goal(self, future, status: int, writer) -> None:
         result = future.result().result if future.result() is not None else None
         success = bool(result and result.success and status == GoalStatus.STATUS_SUCCEEDED)
         reason = result.reason if result else TERMINAL[status]
-        with self._lock:
-            path = self.recorder.finish(success, reason)
+        path = self.recorder.close(writer, success, reason)
         self.get_logger().info(f"episode {path.name if path else '(empty, discarded)'}: success={success} ({reason})")
 
     # ---- demonstrations --------------------------------------------------------------------------------

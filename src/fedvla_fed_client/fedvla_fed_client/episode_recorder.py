@@ -108,7 +108,20 @@ class GoalEpisodeRecorder:
 
     def finish(self, success: bool, reason: str) -> Path | None:
         """Close the episode (an episode with no step is discarded); returns the file or None."""
+        return self.close(self.detach(), success, reason)
+
+    def detach(self) -> EpisodeWriter | None:
+        """Stop recording into the current episode and hand its writer over, still open.
+
+        A goal's terminal status arrives before its result (a separate service call), and the next
+        goal may start in between: the ended goal's writer is detached at once, so the next goal
+        records into a fresh episode, and is closed by :meth:`close` when the result comes.
+        """
         writer, self.writer = self.writer, None
+        return writer
+
+    def close(self, writer: EpisodeWriter | None, success: bool, reason: str) -> Path | None:
+        """Close a detached episode writer (no step: discarded); returns the file or None."""
         if writer is None:
             return None
         if writer.num_steps == 0:
