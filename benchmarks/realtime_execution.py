@@ -1,0 +1,145 @@
+"""How the base policy fares when its chunks are executed the way the policy server executes them.
+
+    .venv/bin/python benchmarks/realtime_execution.py              # writes benchmarks/results/realtime_execution.json
+    .venv/bin/python benchmarks/realtime_execution.py --seeds 2    # quicker
+
+The shipped base checkpoint scores well in synchronous evaluation (`fedvla-sim eval`: the sim waits
+for the policy, and each action is applied at once). A robot does not wait: the camera frame is
+some tens of ms old when the policy has answered, the arm kept moving meanwhile, and the server
+turns the chunk into a JointTrajectory. This benchmark replays that without ROS, deterministically:
+the sim Panda (`SimRobot`, its trajectory follower, its own joint ranges) is stepped by hand, and
+each control step goes
+
+    observe (render + joint state) -> policy.act -> [arm keeps following the last trajectory for
+    `latency` s] -> motion.plan(reference setpoint, chunk, observation_age_s) -> follow for the rest
+    of the 0.1 s period.
+
+Conditions (same tasks, same held-out seeds, same checkpoint):
+* `sync`: `fedvla-sim eval`'s rollout (`env.step`), the reference;
+* `chunk`: the server's default timing, action k due (k + 1) periods after the observation, at
+  several latencies;
+* `chunk, no compensation`: the same latency, but the chunk timed from when it is planned (what
+  ignoring the observation's age does);
+* `time_optimal`: the earlier default (toppra along the chunk, at most H periods long).
+The real ROS path adds DDS, jitter and a busy CPU on top; the fleet demo measures that.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "realtime_execution.json"
+sys.path.insert(0, str(REPO / "benchmarks"))
+from metaworld_table1 import git_commit  # noqa: E402  (one definition of the results' git_commit)
+
+CONTROL_PERIOD_S = 0.1
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    timing: str = "chunk"  # "sync" (env.step), "chunk" or "time_optimal"
+    latency_s: float = 0.0
+    compensate: bool = True  # pass the observation's age to the planner
+
+
+CONDITIONS = (
+    Condition("sync", timing="sync"),
+    Condition("chunk, latency 0 ms", latency_s=0.0),
+    Condition("chunk, latency 40 ms", latency_s=0.04),
+    Condition("chunk, latency 70 ms", latency_s=0.07),
+    Condition("chunk, latency 70 ms, no compensation", latency_s=0.07, compensate=False),
+    Condition("time_optimal, latency 40 ms", timing="time_optimal", latency_s=0.04),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "panda_base"), help="policy to evaluate")
+    p.add_argument("--tasks", nargs="+", default=["pick_up_green_block", "put_red_block_in_bowl",
+                                                   "put_blue_block_in_bowl"], help="Panda tasks")
+    p.add_argument("--seeds", type=int, default=4, help="held-out seeds per task (0..N-1)")
+    p.add_argument("--max-steps", type=int, default=150, help="control steps before an episode fails")
+    p.add_argument("--out", default=str(RESULTS), help="results JSON")
+    return p
+
+
+def motion_backend(timing: str):
+    """The policy server's joint-space backend with the sim arm's own joint ranges."""
+    from fedvla_policy.motion import PANDA_LIMITS, JointLimits, JointSpaceBackend, MotionConfig
+    from fedvla_sim.scene import arm_position_limits
+
+    lower, upper = arm_position_limits()
+    limits = JointLimits(PANDA_LIMITS.names, np.array(lower), np.array(upper),
+                         PANDA_LIMITS.max_velocity, PANDA_LIMITS.max_acceleration)
+    return JointSpaceBackend(limits, MotionConfig(nominal_step_s=CONTROL_PERIOD_S, timing=timing))
+
+
+def rollout_server_semantics(robot, policy, motion, task: str, seed: int, cond: Condition, max_steps: int) -> dict:
+    """One episode with the policy server's execution: trajectories replace each other every period."""
+    instruction = robot.reset(task, seed)
+    for step in range(1, max_steps + 1):
+        q, _ = robot.joint_state()
+        chunk = np.asarray(policy.act({"images": robot.render_images(), "instruction": instruction, "proprio": q}))
+        if cond.latency_s > 0:
+            robot.advance(cond.latency_s)  # the arm keeps following the previous trajectory
+        with robot.lock:
+            setpoint = robot.follower.sample(robot.env.time)
+        traj = motion.plan(setpoint, chunk, None, observation_age_s=cond.latency_s if cond.compensate else 0.0)
+        robot.command_trajectory(traj.joint_names, traj.times[1:], traj.positions[1:])  # as to_joint_trajectory
+        robot.advance(CONTROL_PERIOD_S - cond.latency_s)
+        if robot.success():
+            return {"success": True, "steps": step}
+    return {"success": False, "steps": max_steps}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from fedvla_sim.policy_eval import PolicySource, load_policy, rollout_policy
+    from fedvla_sim.recorder import make_env
+    from fedvla_sim.sim_robot import SimRobot, SimRobotConfig
+
+    policy = load_policy(PolicySource(args.checkpoint))
+    robot = SimRobot(SimRobotConfig(task=args.tasks[0]))  # stepped by hand: no physics thread
+    envs = {}
+    results = {}
+    t_start = time.monotonic()
+    for cond in CONDITIONS:
+        rows = []
+        motion = None if cond.timing == "sync" else motion_backend(cond.timing)
+        for task in args.tasks:
+            for seed in range(args.seeds):
+                if cond.timing == "sync":
+                    env = envs.setdefault(task, make_env("panda", task, seed, 128))
+                    r = rollout_policy(env, policy.act, seed, args.max_steps)
+                    row = {"success": r["success"], "steps": r["steps"]}
+                else:
+                    row = rollout_server_semantics(robot, policy, motion, task, seed, cond, args.max_steps)
+                rows.append({"task": task, "seed": seed, **row})
+        rate = sum(r["success"] for r in rows) / len(rows)
+        results[cond.name] = {"condition": cond.__dict__, "success_rate": rate, "episodes": rows}
+        print(f"{cond.name:45s} {rate:6.1%} ({sum(r['success'] for r in rows)}/{len(rows)})", flush=True)
+    out = {
+        "checkpoint": args.checkpoint, "tasks": args.tasks, "seeds": list(range(args.seeds)),
+        "max_steps": args.max_steps, "control_period_s": CONTROL_PERIOD_S, "git_commit": git_commit(),
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "wall_time_s": round(time.monotonic() - t_start, 1), "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
