@@ -17,7 +17,8 @@ each control step goes
 Conditions (same tasks, same held-out seeds, same checkpoint):
 * `sync`: `fedvla-sim eval`'s rollout (`env.step`), the reference;
 * `chunk`: the server's default timing, action k due (k + 1) periods after the observation, at
-  several latencies;
+  several latencies, with the default lead (an action due within 70 ms of planning is skipped) and
+  without it;
 * `chunk, no compensation`: the same latency, but the chunk timed from when it is planned (what
   ignoring the observation's age does);
 * `time_optimal`: the earlier default (toppra along the chunk, at most H periods long).
@@ -50,6 +51,7 @@ class Condition:
     timing: str = "chunk"  # "sync" (env.step), "chunk" or "time_optimal"
     latency_s: float = 0.0
     compensate: bool = True  # pass the observation's age to the planner
+    min_lead_s: float | None = None  # MotionConfig.min_lead_s (None = its default)
 
 
 CONDITIONS = (
@@ -57,6 +59,8 @@ CONDITIONS = (
     Condition("chunk, latency 0 ms", latency_s=0.0),
     Condition("chunk, latency 40 ms", latency_s=0.04),
     Condition("chunk, latency 70 ms", latency_s=0.07),
+    Condition("chunk, latency 40 ms, no lead", latency_s=0.04, min_lead_s=0.0),
+    Condition("chunk, latency 70 ms, no lead", latency_s=0.07, min_lead_s=0.0),
     Condition("chunk, latency 70 ms, no compensation", latency_s=0.07, compensate=False),
     Condition("time_optimal, latency 40 ms", timing="time_optimal", latency_s=0.04),
 )
@@ -73,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def motion_backend(timing: str):
+def motion_backend(timing: str, min_lead_s: float | None = None):
     """The policy server's joint-space backend with the sim arm's own joint ranges."""
     from fedvla_policy.motion import PANDA_LIMITS, JointLimits, JointSpaceBackend, MotionConfig
     from fedvla_sim.scene import arm_position_limits
@@ -81,7 +85,8 @@ def motion_backend(timing: str):
     lower, upper = arm_position_limits()
     limits = JointLimits(PANDA_LIMITS.names, np.array(lower), np.array(upper),
                          PANDA_LIMITS.max_velocity, PANDA_LIMITS.max_acceleration)
-    return JointSpaceBackend(limits, MotionConfig(nominal_step_s=CONTROL_PERIOD_S, timing=timing))
+    lead = {} if min_lead_s is None else {"min_lead_s": min_lead_s}
+    return JointSpaceBackend(limits, MotionConfig(nominal_step_s=CONTROL_PERIOD_S, timing=timing, **lead))
 
 
 def rollout_server_semantics(robot, policy, motion, task: str, seed: int, cond: Condition, max_steps: int) -> dict:
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     for cond in CONDITIONS:
         rows = []
-        motion = None if cond.timing == "sync" else motion_backend(cond.timing)
+        motion = None if cond.timing == "sync" else motion_backend(cond.timing, cond.min_lead_s)
         for task in args.tasks:
             for seed in range(args.seeds):
                 if cond.timing == "sync":

@@ -65,12 +65,17 @@ def test_chunk_timing_reaches_each_action_one_control_period_after_the_last():
 
 def test_chunk_timing_counts_from_the_observation_and_skips_actions_already_due():
     chunk = chunk_towards(HOME + 0.2, n=10)
-    backend = JointSpaceBackend(config=MotionConfig(nominal_step_s=0.1))
+    backend = JointSpaceBackend(config=MotionConfig(nominal_step_s=0.1, min_lead_s=0.0))
     traj = backend.plan(HOME, chunk, observation_age_s=0.13)  # action 0 was due 30 ms ago
     np.testing.assert_allclose(traj.times[1:], 0.1 * np.arange(2, 11) - 0.13, atol=1e-9)
     np.testing.assert_allclose(traj.positions[1:, :7], chunk[1:, :7], atol=1e-9)
     with pytest.raises(MotionRejected, match="stale chunk"):
         backend.plan(HOME, chunk, observation_age_s=1.2)
+    # with a lead: action 0, due in 30 ms, would need a jump; action 1 (due in 130 ms) is the first target
+    lead = JointSpaceBackend(config=MotionConfig(nominal_step_s=0.1, min_lead_s=0.07))
+    traj = lead.plan(HOME, chunk, observation_age_s=0.07)
+    np.testing.assert_allclose(traj.times[1:], 0.1 * np.arange(2, 11) - 0.07, atol=1e-9)
+    assert len(lead.plan(HOME, chunk, observation_age_s=0.02).times) == 11  # due in 80 ms: kept
 
 
 def test_chunk_timing_lengthens_only_a_segment_that_breaks_a_velocity_limit():

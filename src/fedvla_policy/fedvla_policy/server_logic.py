@@ -79,6 +79,8 @@ class ServerConfig:
         "help": "'chunk': action k of a chunk is reached (k + 1) control periods after the step, the timing the "
                 "policy was trained on; 'time_optimal': the motion backend's time parameterization (toppra, "
                 "or MoveIt's TOTG)."})
+    min_action_lead_s: float = field(default=0.07, metadata={
+        "help": "'chunk' timing: an action due sooner than this after planning is skipped (the arm would have to jump)."})
     sample_dt: float = field(default=0.05, metadata={"help": "Spacing (s) of the trajectory points ('time_optimal')."})
     execute_horizon: int = field(default=0, metadata={
         "help": "Chunk actions turned into each trajectory (0 = the whole chunk)."})

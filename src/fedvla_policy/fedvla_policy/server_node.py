@@ -221,6 +221,7 @@ class PolicyServer(Node):
         motion_cfg = MotionConfig(
             velocity_scale=cfg.velocity_scale, acceleration_scale=cfg.acceleration_scale,
             reject_margin=cfg.reject_margin, nominal_step_s=1.0 / cfg.control_rate_hz, timing=cfg.trajectory_timing,
+            min_lead_s=cfg.min_action_lead_s,
             sample_dt=cfg.sample_dt, gripper_max=cfg.gripper_max)
         moveit_robot = None
         if cfg.motion_backend in ("auto", "moveit") and cfg.action_space == "joint" and moveit_available():
