@@ -5,6 +5,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from fedvla_fed_client.supernode import SuperNodeSupervisor, _node_config_arg, free_port
 
 
@@ -64,3 +66,12 @@ def test_supervisor_runs_the_warm_trainer_and_restarts_it(tmp_path):
     assert not sup.trainer.running and sup.status.trainer_pid == 0
     assert read_discovery(tmp_path) is None  # a stopped trainer no longer advertises itself
     assert "local trainer of r1 listening" in (tmp_path / "local_trainer.log").read_text()
+
+
+def test_trainer_threads_cap_openmp_only_when_asked():
+    from fedvla_fed_client.client_node import trainer_thread_env
+
+    assert trainer_thread_env(0) == {}
+    assert trainer_thread_env(1) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with pytest.raises(ValueError, match="trainer_threads"):
+        trainer_thread_env(-1)
