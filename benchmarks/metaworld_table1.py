@@ -36,7 +36,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from fedvla_bringup.loopback_federation import LoopbackFederation, cpu_model_name, thread_env
+from fedvla_bringup.provenance import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("record", "train", "eval", "report")
@@ -236,19 +236,6 @@ def record_command(cfg: Table1Config, task: str) -> str:
     return (f"fedvla-sim record --suite metaworld --task {task} --episodes {cfg.demos_per_task} "
             f"--out {cfg.work / 'demos' / task} --workers {cfg.record_workers} --seed-start {cfg.train_seed_start} "
             f"--camera-size {cfg.camera_size} --action-noise {cfg.record_action_noise} --robot-id {task}")
-
-
-def git_commit() -> str:
-    """HEAD (+ -dirty) of the checkout, or FEDVLA_GIT_COMMIT where the caller knows better (a lent GPU machine's
-    copy of the repo carries the session-start .git, not the commit whose files it runs)."""
-    if os.environ.get("FEDVLA_GIT_COMMIT"):
-        return os.environ["FEDVLA_GIT_COMMIT"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def device_name(device: str) -> str:

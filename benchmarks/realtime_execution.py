@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fedvla_bringup.provenance import git_commit
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "realtime_execution.json"
-sys.path.insert(0, str(REPO / "benchmarks"))
-from metaworld_table1 import git_commit  # noqa: E402  (one definition of the results' git_commit)
 
 CONTROL_PERIOD_S = 0.1
 
