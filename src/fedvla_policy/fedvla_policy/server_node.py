@@ -18,7 +18,9 @@ subscribes to that topic before sending and reports the reason together with the
 A goal's control loop (one step per new, consistent set of camera frames, at most
 control_rate_hz): frames + joint state -> policy.act -> motion backend (limits enforced) ->
 JointTrajectory, then feedback and ExpertUsage. Each trajectory is planned from the setpoint the
-controller is following (server_logic.ReferenceTracker), not from the lagging measured position.
+controller is following (server_logic.ReferenceTracker), not from the lagging measured position, and
+by default keeps the chunk's own timing counted from the observation's capture stamp
+(trajectory_timing 'chunk', see motion.py), within the arm's joint_lower/upper_limits.
 A goal ends on task_success (succeeded), on its step or time limit, on a stale camera or joint
 state (aborted, the reason names the input), on preemption (aborted, "preempted"), or on cancel
 (canceled); except on preemption the arm then brakes smoothly and holds where it stopped.
@@ -490,13 +492,13 @@ class PolicyServer(Node):
             # gets), at most once per ~control period: frames must be at least STEP_SPACING periods newer
             # than the last step's (a faster camera does not step faster; a 10 Hz camera with jitter never
             # skips a frame). The first step takes only frames that arrived after the goal began.
-            after = start if step == 0 else last_frame + STEP_SPACING * period
-            snap = self.inputs.snapshot(cameras, cfg.max_frame_skew_s, after=after)
+            frames_after = start if step == 0 else last_frame + STEP_SPACING * period
+            snap = self.inputs.snapshot(cameras, cfg.max_frame_skew_s, after=frames_after)
             if snap is None:
                 waited = now - last_step_time
                 limit = cfg.startup_input_timeout_s if step == 0 else cfg.stale_input_timeout_s
                 if waited > limit:
-                    silent = self.inputs.cameras_without_frame_after(cameras, last_frame)
+                    silent = self.inputs.cameras_without_frame_after(cameras, frames_after)
                     if silent:
                         return finish("abort", "stale_input: " + ", ".join(f"camera '{c}'" for c in silent)
                                       + f" sent no new frame for {waited:.2f} s")
