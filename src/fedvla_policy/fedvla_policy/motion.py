@@ -80,7 +80,7 @@ class MotionConfig:
         "help": "A target further than this (rad) outside a joint's range rejects the chunk; closer ones are clipped."})
     timing: str = field(default="chunk", metadata={
         "help": "'chunk': action k of a chunk is reached at (k + 1) * nominal_step_s, the timing of the "
-                "demonstrations (slowed down uniformly only where a limit would break); 'time_optimal': "
+                "demonstrations (a segment too fast for a velocity limit is lengthened); 'time_optimal': "
                 "toppra (MoveIt's TOTG with moveit_py) along a spline through the actions, never faster "
                 "than H * nominal_step_s."})
     min_lead_s: float = field(default=0.07, metadata={
@@ -400,9 +400,7 @@ class JointSpaceBackend:
         observation_age_s: how long ago the observation the chunk was computed from was taken (camera
         latency + inference). With timing 'chunk', action k is due (k + 1) periods after the observation,
         not after now, so the arm is where the policy meant it to be when it meant it; actions already
-        due, or due within ``min_lead_s``, are skipped. Measured in synchronous sim (panda_base, 8 episodes): acting on the previous
-        step's observation took the success rate from 7/8 to 0/8, timing relative to the observation
-        with 40-70 ms of latency kept 5-6/8.
+        due, or due within ``min_lead_s``, are skipped (benchmarks/realtime_execution.py measures why).
         """
         dof = self.limits.dof
         chunk = np.atleast_2d(np.asarray(chunk, dtype=float))
@@ -455,15 +453,8 @@ class JointSpaceBackend:
         qd = np.gradient(q, t, axis=0)
         qd[-1] = 0.0
         qdd = np.zeros_like(q)
-        positions, velocities, accelerations = q, qd, qdd
-        if self.gripper_joint:
-            dof = self.limits.dof
-            start_finger = (float(np.clip(current[dof], 0.0, self.config.gripper_max))
-                            if len(current) > dof else float(fingers[0]))
-            zeros = np.zeros(len(t))
-            positions = np.column_stack([q, np.concatenate([[start_finger], fingers])])
-            velocities, accelerations = np.column_stack([qd, zeros]), np.column_stack([qdd, zeros])
-        traj = PlannedTrajectory(self.joint_names, t, positions, velocities, accelerations, report)
+        finger = np.concatenate([[self._start_finger(current, fingers)], fingers]) if self.gripper_joint else None
+        traj = PlannedTrajectory(self.joint_names, t, *self._with_gripper(q, qd, qdd, finger), report)
         slowed = report.slowed_down_by
         traj = enforce_limits(traj, self.limits, self.config)  # positions; velocities are within limits already
         traj.report.slowed_down_by = max(slowed, traj.report.slowed_down_by)
@@ -484,16 +475,27 @@ class JointSpaceBackend:
             if result is None:
                 result = _fallback_parameterize(waypoints, self.limits, self.config, nominal)
             t, q, qd, qdd, frac = result
-        positions, velocities, accelerations = q, qd, qdd
-        if self.gripper_joint:
-            start_finger = float(np.clip(current[dof], 0.0, self.config.gripper_max)) if len(current) > dof else float(fingers[0])
-            finger_path = np.concatenate([[start_finger], fingers])
-            finger = np.interp(frac, np.linspace(0.0, 1.0, len(finger_path)), finger_path)
-            positions = np.column_stack([q, finger])
-            velocities = np.column_stack([qd, np.zeros(len(t))])
-            accelerations = np.column_stack([qdd, np.zeros(len(t))])
-        traj = PlannedTrajectory(self.joint_names, np.asarray(t, float), positions, velocities, accelerations, report)
+        finger = self._finger_along(frac, current, fingers) if self.gripper_joint else None
+        traj = PlannedTrajectory(self.joint_names, np.asarray(t, float), *self._with_gripper(q, qd, qdd, finger), report)
         return enforce_limits(traj, self.limits, self.config)
+
+    def _start_finger(self, current, fingers) -> float:
+        """The finger where the plan starts: measured when ``current`` has it, else the first command."""
+        dof = self.limits.dof
+        return float(np.clip(current[dof], 0.0, self.config.gripper_max)) if len(current) > dof else float(fingers[0])
+
+    def _finger_along(self, frac, current, fingers) -> np.ndarray:
+        """The gripper follows the arm's progress (path fraction 0..1) through the chunk's finger commands."""
+        path = np.concatenate([[self._start_finger(current, fingers)], fingers])
+        return np.interp(frac, np.linspace(0.0, 1.0, len(path)), path)
+
+    @staticmethod
+    def _with_gripper(q, qd, qdd, finger):
+        """(positions, velocities, accelerations) with the finger column appended (zero rates) when there is one."""
+        if finger is None:
+            return q, qd, qdd
+        zeros = np.zeros(len(q))
+        return np.column_stack([q, finger]), np.column_stack([qd, zeros]), np.column_stack([qdd, zeros])
 
 
 class EndEffectorBackend(JointSpaceBackend):
@@ -595,17 +597,8 @@ class MoveItBackend(JointSpaceBackend):
         if nominal > t[-1] > 0:
             s = nominal / t[-1]
             t, qd, qdd = t * s, qd / s, qdd / s ** 2
-        frac = np.linspace(0.0, 1.0, len(t))
-        positions, velocities, accelerations = q, qd, qdd
-        if self.gripper_joint:
-            start_finger = (float(np.clip(current[self.limits.dof], 0.0, self.config.gripper_max))
-                            if len(current) > self.limits.dof else float(fingers[0]))
-            finger_path = np.concatenate([[start_finger], fingers])
-            finger = np.interp(frac, np.linspace(0.0, 1.0, len(finger_path)), finger_path)
-            positions = np.column_stack([q, finger])
-            velocities = np.column_stack([qd, np.zeros(len(t))])
-            accelerations = np.column_stack([qdd, np.zeros(len(t))])
-        traj = PlannedTrajectory(self.joint_names, t, positions, velocities, accelerations, report)
+        finger = self._finger_along(np.linspace(0.0, 1.0, len(t)), current, fingers) if self.gripper_joint else None
+        traj = PlannedTrajectory(self.joint_names, t, *self._with_gripper(q, qd, qdd, finger), report)
         return enforce_limits(traj, self.limits, self.config)
 
 
