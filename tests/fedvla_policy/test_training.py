@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fedvla_policy.model import FedVLAConfig, FedVLAPolicy
-from fedvla_policy.training import TrainConfig, collate_samples, compute_normalization, train
+from fedvla_policy.training import NonFiniteLossError, TrainConfig, collate_samples, compute_normalization, train
 
 
 class TinyEpisodes(Dataset):
@@ -160,3 +160,30 @@ def test_relative_actions_round_trip_and_normalization():
 def test_config_rejects_too_many_relative_dims():
     with pytest.raises(ValueError, match="relative_action_dims"):
         tiny_policy(relative_action_dims=3)  # action_dim is 2
+
+
+def test_non_finite_loss_stops_before_the_step_is_applied():
+    ds = TinyEpisodes()
+    policy = tiny_policy(seed=3)
+    train(policy, ds, TrainConfig(max_steps=1, batch_size=8, progress=False, device="cpu"))  # fits normalization
+    ds.actions[3, 1, 0] = float("nan")  # one poisoned target: every batch holding sample 3 has a NaN loss
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    with pytest.raises(NonFiniteLossError, match=r"step 1: loss is not finite \(nan\)") as info:
+        train(policy, ds, TrainConfig(max_steps=3, batch_size=8, progress=False, device="cpu"))
+    assert info.value.step == 1 and info.value.what == "loss" and np.isnan(info.value.value)
+    assert isinstance(info.value, RuntimeError)
+    assert all(torch.equal(p.detach(), before[n]) for n, p in policy.named_parameters()), "a NaN step was applied"
+    assert all(p.requires_grad for p in policy.parameters()) and not policy.training
+
+
+def test_non_finite_gradient_norm_is_caught_without_clipping():
+    ds = TinyEpisodes()
+    policy = tiny_policy(seed=4)
+    param = next(policy.head.parameters())
+    handle = param.register_hook(lambda g: g * float("inf"))
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    with pytest.raises(NonFiniteLossError, match="step 1: grad_norm is not finite") as info:
+        train(policy, ds, TrainConfig(max_steps=2, batch_size=8, grad_clip=0.0, progress=False, device="cpu"))
+    handle.remove()
+    assert info.value.what == "grad_norm" and not np.isfinite(info.value.value)
+    assert all(torch.equal(p.detach(), before[n]) for n, p in policy.named_parameters())

@@ -26,6 +26,20 @@ from transformers import get_cosine_schedule_with_warmup
 from .model import FedVLAPolicy
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient norm of a training step is NaN or infinite.
+
+    Raised before the optimizer applies that step, so the policy keeps the weights of the last good
+    step (a caller such as a federated round can drop the round and keep its model). ``step`` is the
+    1-based optimizer step that failed, ``what`` names the quantity ("loss" or "grad_norm") and
+    ``value`` is the offending number.
+    """
+
+    def __init__(self, step: int, what: str, value: float):
+        super().__init__(f"training step {step}: {what} is not finite ({value}); the step was not applied")
+        self.step, self.what, self.value = step, what, value
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of one call to :func:`train`."""
@@ -231,15 +245,21 @@ def train(policy: FedVLAPolicy, dataset: Dataset, cfg: TrainConfig | None = None
                 if prox_ref is not None:
                     prox = sum(((prox_params[n].float() - ref) ** 2).sum() for n, ref in prox_ref.items())
                     loss = loss + 0.5 * cfg.prox_mu * prox
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLossError(step + 1, "loss", loss_value)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                # max_norm=inf measures without clipping, so a non-finite gradient is caught either way.
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf))
+                if not math.isfinite(grad_norm):
+                    optimizer.zero_grad(set_to_none=True)
+                    raise NonFiniteLossError(step + 1, "grad_norm", grad_norm)
                 optimizer.step()
                 scheduler.step()
                 step += 1
                 seen += len(batch["instruction"])
-                losses.append(float(loss.detach()))
+                losses.append(loss_value)
                 action_losses.append(float(out["action_loss"]))
                 aux_losses.append(float(out["aux_loss"]))
                 bar.update(1)
