@@ -9,13 +9,24 @@
   Flower ClientApp waits on, supervises the robot's Flower SuperNode, publishes RoundStatus,
   and after each round asks the policy server to load the new checkpoint.
 A thin shell: recording, scheduling and the gate live in ROS-free modules.
+
+Every callback checks what it receives (fedvla_fed_client.input_checks) and survives it: a
+malformed message is refused with one bounded log line (rate-limited per callback), the last good
+input is kept, and the node keeps running; an unexpected error in a callback is logged the same
+way instead of ending the executor (and with `fedvla up robot`, the robot).
+With federation_enabled:=false (or no SuperNode credentials) rounds are off: the node only logs
+episodes, says so at start and in RoundStatus (state "off"), and never starts a SuperNode.
+Parameters: fedvla_fed_client.node_config.FedClientConfig (mirrored in config/fed_client.yaml).
 """
 from __future__ import annotations
 
+import functools
+import json
 import sys
 import threading
 import time
 from collections import deque
+from dataclasses import fields
 from pathlib import Path
 
 import rclpy
@@ -23,6 +34,8 @@ from action_msgs.msg import GoalStatus, GoalStatusArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_action_status_default, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
@@ -31,6 +44,9 @@ from trajectory_msgs.msg import JointTrajectory
 from fedvla_fed_client.episode_recorder import GoalEpisodeRecorder, TrajectoryTracker
 from fedvla_fed_client.episodes import list_episodes
 from fedvla_fed_client.episodes.ros_schemas import typestore
+from fedvla_fed_client.input_checks import (InputRejected, bounded, check_episode_id, check_image_header,
+                                            check_instruction, check_joint_state)
+from fedvla_fed_client.node_config import FedClientConfig
 from fedvla_fed_client.round_gate import read_report, write_gate
 from fedvla_fed_client.round_scheduler import RoundScheduler, ScheduleConfig
 from fedvla_msgs.action import ExecuteInstruction
@@ -45,25 +61,64 @@ TERMINAL = {GoalStatus.STATUS_SUCCEEDED: "succeeded", GoalStatus.STATUS_CANCELED
 
 _LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
-PARAMETERS = {
-    "robot_id": "robot1", "episode_dir": "", "camera_names": ["agentview", "wrist"],
-    "camera_topic_format": "camera/{name}/image_raw", "joint_states_topic": "joint_states",
-    "controller_topic": "arm_controller/joint_trajectory", "action_name": "execute_instruction",
-    "record_rate_hz": 10.0, "retention_max_bytes": 2_000_000_000, "retention_max_episodes": 1000,
-    "round_interval_s": 300.0, "min_new_episodes": 5, "only_while_idle": True, "status_rate_hz": 1.0,
-    "sim_run_expert_service": "run_expert", "task_instruction_topic": "instruction", "load_checkpoint_service": "load_checkpoint",
-    "supernode_enabled": True, "superlink_address": "127.0.0.1:9092", "supernode_port": 0,
-    "root_certificates": "", "auth_private_key": "", "insecure": False, "base_checkpoint": "", "trainer_threads": 0,
-}
+#: RoundStatus.state while this robot takes part in no round (federation_enabled:=false, or no credentials).
+ROUNDS_OFF_STATE = "off"
+#: A refused input of one callback is logged at most this often (the count of the others is reported).
+REFUSAL_LOG_PERIOD_S = 5.0
+#: How long ~/record_demonstration waits for the sim's expert before giving up.
+EXPERT_TIMEOUT_S = 600.0
+#: Task metadata keys taken from the sim's task_info topic (fedvla_sim.robot_node publishes them).
+TASK_INFO_KEYS = ("task", "seed", "suite")
+
+
+def declare_config(node: Node) -> FedClientConfig:
+    """Declare every FedClientConfig field as a typed ROS parameter with its help text; build the config."""
+    defaults = FedClientConfig()
+    values = {}
+    for f in fields(FedClientConfig):
+        default = getattr(defaults, f.name)
+        descriptor = ParameterDescriptor(description=f.metadata.get("help", ""))
+        if isinstance(default, list):
+            value = node.declare_parameter(f.name, Parameter.Type.STRING_ARRAY, descriptor).value
+            value = list(default) if value is None else [str(v) for v in value]
+        else:
+            value = node.declare_parameter(f.name, default, descriptor).value
+        values[f.name] = value
+    return FedClientConfig(**values)
+
+
+def guarded(name: str, service: bool = False):
+    """Callback decorator: a refused input or an unexpected error is logged (bounded, rate-limited), never raised.
+
+    rclpy's executor re-raises a callback's exception out of spin(), which ends the node; a
+    service callback gets its (default) response back, so the caller is not left waiting.
+    """
+    def wrap(method):
+        @functools.wraps(method)
+        def run(self, *args):
+            try:
+                return method(self, *args)
+            except InputRejected as err:
+                self._refused(name, str(err), error=False)
+            except Exception as err:  # noqa: BLE001 - the node must outlive any one message
+                self._refused(name, f"{type(err).__name__}: {err}", error=True)
+            if service:  # (request, response): answer why instead of leaving the caller waiting
+                args[1].message = bounded(f"refused: {self._last_refusal.get(name, '')}")
+                return args[1]
+            return None
+        return run
+    return wrap
 
 
 class FedClientNode(Node):
     def __init__(self):
         super().__init__("fed_client")
-        for name, default in PARAMETERS.items():
-            self.declare_parameter(name, default)
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        self._refusal_log: dict[str, tuple[float, int]] = {}  # callback -> (last logged, suppressed since)
+        self._last_refusal: dict[str, str] = {}
+        self.config = declare_config(self)
+        p = {f.name: getattr(self.config, f.name) for f in fields(FedClientConfig)}
         self.p = p
+        self.rounds_off = self.config.rounds_off_reason()
         self.robot_id = p["robot_id"]
         self.episode_dir = Path(p["episode_dir"] or f"runs/episodes/{self.robot_id}").expanduser().resolve()
         self.episode_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +141,9 @@ class FedClientNode(Node):
         self._state, self._message = "idle", ""
         self._last_report = None
         self._sim_instruction = ""
+        self._task_info: dict = {}  # the sim's current task/seed/suite (task_info topic), stored in episode metadata
         self._joint_history = StampedHistory()
+        self._recorded_joints = set(self.recorder.layout.joint_names)
 
         sensors = MutuallyExclusiveCallbackGroup()
         for cam in self.cameras:
@@ -102,6 +159,8 @@ class FedClientNode(Node):
                                  qos_profile_action_status_default)
         self._get_result = self.create_client(ExecuteInstruction.Impl.GetResultService, f"{action}/_action/get_result")
         self.create_subscription(String, p["task_instruction_topic"], self._on_task_instruction, _LATCHED)
+        if p["task_info_topic"]:
+            self.create_subscription(String, p["task_info_topic"], self._on_task_info, _LATCHED)
         self.create_subscription(String, "~/demonstration/start", self._on_teleop_start, 10)
         self.create_subscription(Bool, "~/demonstration/stop", self._on_teleop_stop, 10)
 
@@ -118,20 +177,52 @@ class FedClientNode(Node):
         self.create_timer(1.0 / float(p["status_rate_hz"]), self._schedule_tick,
                           callback_group=MutuallyExclusiveCallbackGroup())
         typestore()  # build the episode format's message types now, not when the first goal starts
-        self.supervisor = self._start_supernode() if p["supernode_enabled"] else None
-        self.get_logger().info(f"logging episodes of {self.robot_id} to {self.episode_dir}")
+        if self.rounds_off:
+            self._state, self._message = ROUNDS_OFF_STATE, self.rounds_off
+            write_gate(self.episode_dir, False, self.rounds_off)  # an external SuperNode's ClientApp waits, then skips
+            self.get_logger().warning(self.rounds_off)
+        self.supervisor = self._start_supernode() if p["supernode_enabled"] and not self.rounds_off else None
+        self.get_logger().info(f"logging episodes of {self.robot_id} to {self.episode_dir}; "
+                               f"{'rounds are off' if self.rounds_off else 'rounds are on'}")
+
+    def _refused(self, callback: str, reason: str, error: bool) -> None:
+        """One bounded log line per refused input, at most every REFUSAL_LOG_PERIOD_S per callback."""
+        reason = bounded(reason)
+        self._last_refusal[callback] = reason
+        now = time.monotonic()
+        last, suppressed = self._refusal_log.get(callback, (-float("inf"), 0))
+        if now - last < REFUSAL_LOG_PERIOD_S:
+            self._refusal_log[callback] = (last, suppressed + 1)
+            return
+        self._refusal_log[callback] = (now, 0)
+        more = f" ({suppressed} more refused since the last line)" if suppressed else ""
+        log = self.get_logger().error if error else self.get_logger().warning
+        log(bounded(f"{callback}: refused: {reason}{more}", 2 * len(callback) + 320))
 
     # ---- sensors -------------------------------------------------------------------------------
     def _on_image(self, cam: str, msg: Image) -> None:
-        with self._lock:
-            self._images[cam] = msg  # converted only when a step is recorded (most frames never are)
+        self._on_camera_image(cam, msg)
 
-    def _on_joints(self, msg: JointState) -> None:
+    @guarded("image")
+    def _on_camera_image(self, cam: str, msg: Image) -> None:
+        # decoded only when a step is recorded (most frames never are); the cheap checks now, so a bad
+        # frame never replaces the last good one
+        check_image_header(msg.encoding, int(msg.height), int(msg.width), int(msg.step), len(msg.data))
         with self._lock:
-            self._joints.update(zip(msg.name, msg.position))
+            self._images[cam] = msg
+
+    @guarded("joint_states")
+    def _on_joints(self, msg: JointState) -> None:
+        state = check_joint_state(msg.name, msg.position, msg.velocity, msg.effort)
+        state = {n: v for n, v in state.items() if n in self._recorded_joints}
+        if not state:
+            return  # another part of the robot (e.g. a tool) publishing its own joints: nothing we record
+        with self._lock:
+            self._joints.update(state)
             joints = dict(self._joints)
         self._joint_history.add(stamp_seconds(msg.header.stamp), joints)
 
+    @guarded("trajectory")
     def _on_trajectory(self, msg: JointTrajectory) -> None:
         times = [pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9 for pt in msg.points]
         with self._lock:
@@ -139,6 +230,7 @@ class FedClientNode(Node):
                              time.monotonic(), dict(self._joints))
             self._new_trajectory = True
 
+    @guarded("record_tick")
     def _record_tick(self) -> None:
         with self._lock:
             if not self.recorder.active or len(self._images) < len(self.cameras) or not self._joints:
@@ -146,7 +238,7 @@ class FedClientNode(Node):
             try:
                 images = {cam: to_rgb(image_to_numpy(msg), msg.encoding) for cam, msg in self._images.items()}
             except ValueError as err:
-                self.get_logger().warning(f"episode step skipped: {err}", throttle_duration_sec=5.0)
+                self._refused("episode step", f"skipped: {err}", error=False)
                 return
             # the joint state and commanded target of the frames' instant (input_sync), as `fedvla-sim record`
             # pairs them; the newest ones when the topics are unstamped
@@ -160,19 +252,33 @@ class FedClientNode(Node):
             try:
                 self.recorder.step(time.time_ns(), images, joints, commanded, trajectory)
             except (KeyError, ValueError) as err:
-                self.get_logger().warning(f"episode step skipped: {err}")
+                self._refused("episode step", f"skipped: {err!r}", error=False)
 
     # ---- goals as episodes -------------------------------------------------------------------------
+    @guarded("feedback")
     def _on_feedback(self, msg) -> None:
         gid = bytes(msg.goal_id.uuid)
         if gid == self._goal_id or gid in self._finished_goals:
             return  # feedback of a goal already recording, or late feedback of a finished one
         fb = msg.feedback
+        try:
+            instruction = check_instruction(fb.instruction, required=False)
+        except InputRejected:
+            self._finished_goals.append(gid)  # not this goal's later feedback either
+            raise
+        episode_id, extra = fb.episode_id, {}
+        try:
+            check_episode_id(episode_id)
+        except InputRejected as err:  # keep the goal's data under an id of our own
+            self._refused("feedback", f"{err}; recording the goal under a new id", error=False)
+            episode_id, extra = "", {"goal_episode_id": bounded(fb.episode_id, 128)}
         with self._lock:
             self._goal_id = gid
-            self.recorder.start(fb.episode_id or None, fb.instruction, source="policy")
-        self.get_logger().info(f"recording goal '{fb.instruction}' as episode {fb.episode_id}")
+            self.recorder.start(episode_id or None, instruction, source="policy", **extra, **self._task_metadata())
+            name = self.recorder.writer.episode_id
+        self.get_logger().info(bounded(f"recording goal '{instruction}' as episode {name}"))
 
+    @guarded("goal_status")
     def _on_status(self, msg: GoalStatusArray) -> None:
         for status in msg.status_list:
             if bytes(status.goal_info.goal_id.uuid) == self._goal_id and status.status in TERMINAL:
@@ -184,14 +290,21 @@ class FedClientNode(Node):
                 future = self._get_result.call_async(request)
                 future.add_done_callback(lambda f, s=status.status, w=writer: self._finish_goal(f, s, w))
 
+    @guarded("goal_result")
     def _finish_goal(self, future, status: int, writer) -> None:
-        result = future.result().result if future.result() is not None else None
+        try:
+            reply = future.result()
+        except Exception as err:  # noqa: BLE001 - no result: the episode is kept as not successful
+            self._refused("goal_result", f"get_result failed: {err!r}", error=False)
+            reply = None
+        result = reply.result if reply is not None else None
         success = bool(result and result.success and status == GoalStatus.STATUS_SUCCEEDED)
-        reason = result.reason if result else TERMINAL[status]
+        reason = bounded((result.reason if result else "") or TERMINAL[status])
         path = self.recorder.close(writer, success, reason)
         self.get_logger().info(f"episode {path.name if path else '(empty, discarded)'}: success={success} ({reason})")
 
     # ---- demonstrations --------------------------------------------------------------------------------
+    @guarded("record_demonstration", service=True)
     def _record_demonstration(self, request, response):
         if self.recorder.active:
             response.success, response.message = False, "busy: an episode is being recorded"
@@ -200,39 +313,83 @@ class FedClientNode(Node):
             response.success, response.message = False, f"no {self.p['sim_run_expert_service']} service"
             return response
         with self._lock:
-            self.recorder.start(None, self._task_instruction(), source="scripted_expert")
+            self.recorder.start(None, self._task_instruction(), source="scripted_expert", **self._task_metadata())
         done = threading.Event()
         future = self._run_expert.call_async(request)
         future.add_done_callback(lambda _: done.set())
-        done.wait()
-        expert = future.result()
+        if not done.wait(EXPERT_TIMEOUT_S):
+            future.cancel()
+            with self._lock:
+                self.recorder.abort()
+            response.success, response.message = False, f"the sim's expert gave no answer in {EXPERT_TIMEOUT_S:.0f} s"
+            return response
+        try:
+            expert = future.result()
+        except Exception as err:  # noqa: BLE001 - the sim's service failed: nothing usable was demonstrated
+            expert, failure = None, f"{type(err).__name__}: {err}"
+        else:
+            failure = "" if expert is not None else "no answer from the sim's expert"
+        if expert is None:
+            with self._lock:
+                self.recorder.abort()
+            response.success, response.message = False, bounded(f"not recorded: {failure}")
+            return response
         time.sleep(2.0 / float(self.p["record_rate_hz"]))  # let the last commanded positions be recorded
         with self._lock:
-            path = self.recorder.finish(expert.success, expert.message or "demonstration")
+            path = self.recorder.finish(expert.success, bounded(expert.message or "demonstration"))
         response.success, response.steps = expert.success, expert.steps
-        response.message = f"recorded {path.name if path else 'nothing'}: {expert.message}"
+        response.message = bounded(f"recorded {path.name if path else 'nothing'}: {expert.message}")
         return response
 
+    @guarded("task_instruction")
     def _on_task_instruction(self, msg: String) -> None:
-        self._sim_instruction = msg.data
+        self._sim_instruction = check_instruction(msg.data, required=False)
 
     def _task_instruction(self) -> str:
         return self._sim_instruction
 
-    def _on_teleop_start(self, msg: String) -> None:
-        with self._lock:
-            self.recorder.start(None, msg.data, source="teleoperation")
+    @guarded("task_info")
+    def _on_task_info(self, msg: String) -> None:
+        """The sim's task and seed (JSON), kept for the metadata of the episodes recorded from now on."""
+        try:
+            info = json.loads(msg.data)
+        except ValueError as err:
+            raise InputRejected(f"task_info is not JSON: {err}") from None
+        if not isinstance(info, dict):
+            raise InputRejected("task_info must be a JSON object")
+        task, seed, suite = info.get("task", ""), info.get("seed", -1), info.get("suite", "")
+        if not (isinstance(task, str) and isinstance(suite, str) and isinstance(seed, int) and not isinstance(seed, bool)):
+            raise InputRejected(f"task_info: task and suite must be strings, seed an integer: {bounded(msg.data, 120)}")
+        self._task_info = {"task": bounded(task, 128), "seed": seed, "suite": bounded(suite, 64)}
 
+    def _task_metadata(self) -> dict:
+        """task/seed/suite of the sim's current episode when the sim told us, else nothing."""
+        return {k: self._task_info[k] for k in TASK_INFO_KEYS if k in self._task_info}
+
+    @guarded("demonstration/start")
+    def _on_teleop_start(self, msg: String) -> None:
+        instruction = check_instruction(msg.data)
+        with self._lock:
+            if self.recorder.active:  # never cut a running goal's (or demonstration's) episode short
+                raise InputRejected(f"busy: a {self.recorder.source} episode is being recorded")
+            self.recorder.start(None, instruction, source="teleoperation", **self._task_metadata())
+
+    @guarded("demonstration/stop")
     def _on_teleop_stop(self, msg: Bool) -> None:
         with self._lock:
+            if self.recorder.source != "teleoperation":
+                raise InputRejected(f"no teleoperation is being recorded ({self.recorder.source or 'idle'})")
             self.recorder.finish(bool(msg.data), "teleoperation")
 
     # ---- rounds ---------------------------------------------------------------------------------------
     def _new_episodes(self) -> int:
         return sum(1 for path in list_episodes(self.episode_dir) if path.stat().st_mtime > self._round_mark)
 
+    @guarded("trigger_round", service=True)
     def _trigger_round(self, request, response):
-        if request.ignore_min_episodes or self._new_episodes() >= self.scheduler.config.min_new_episodes:
+        if self.rounds_off:
+            response.accepted, response.message = False, self.rounds_off
+        elif request.ignore_min_episodes or self._new_episodes() >= self.scheduler.config.min_new_episodes:
             self.scheduler.force()
             response.accepted, response.round = True, self._round + 1
             response.message = "the gate opens at the next check (while the robot is idle)"
@@ -240,9 +397,17 @@ class FedClientNode(Node):
             response.accepted, response.message = False, "not enough new episodes (set ignore_min_episodes)"
         return response
 
+    @guarded("schedule")
     def _schedule_tick(self) -> None:
         now = time.time()
-        report = read_report(self.episode_dir)
+        if self.rounds_off:  # no gate to open, no report to wait for: say so, and count the episodes
+            self._publish_status(self._new_episodes())
+            return
+        try:
+            report = read_report(self.episode_dir)
+        except (TypeError, ValueError, AttributeError) as err:  # a report file of another version, or garbage
+            self._refused("round report", f"unreadable {err!r}", error=False)
+            report = None
         if report is not None and report.finished > self._last_report_time:
             self._last_report_time = report.finished
             self._on_round_report(report)
@@ -270,18 +435,24 @@ class FedClientNode(Node):
             self.get_logger().warning(f"policy server's load_checkpoint not available; {path} not loaded")
             return
         future = self._load_checkpoint.call_async(LoadCheckpoint.Request(path=path))
-        future.add_done_callback(lambda f: self.get_logger().info(
-            f"load_checkpoint {path}: {f.result().success} {f.result().message}" if f.result() else "load failed"))
+        future.add_done_callback(lambda f: self._checkpoint_loaded(f, path))
+
+    @guarded("load_checkpoint")
+    def _checkpoint_loaded(self, future, path: str) -> None:
+        reply = future.result()
+        self.get_logger().info(bounded(f"load_checkpoint {path}: {reply.success} {reply.message}" if reply
+                                       else f"load_checkpoint {path}: no answer", 600))
 
     def _publish_status(self, new_episodes: int) -> None:
         r = self._last_report
         msg = RoundStatus(robot_id=self.robot_id, round=int(self._round), state=self._state,
-                          new_episodes=int(new_episodes), message=self._message)
+                          new_episodes=int(new_episodes), message=bounded(self._message, 1000))
         msg.header.stamp = self.get_clock().now().to_msg()
         if r is not None:
             msg.bytes_up, msg.bytes_down = int(r.bytes_up), int(r.bytes_down)
             msg.participants = int(r.metrics.get("participants", 0))
-            msg.metrics = [MetricValue(name=k, value=float(v)) for k, v in r.metrics.items()]
+            msg.metrics = [MetricValue(name=str(k), value=float(v)) for k, v in r.metrics.items()
+                           if isinstance(v, (int, float))]
         self.status_pub.publish(msg)
 
     # ---- Flower SuperNode -------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fedvla_fed_client.episodes import EpisodeWriter, apply_retention
+from fedvla_fed_client.input_checks import check_episode_id, check_trajectory
 
 
 @dataclass
@@ -51,10 +52,13 @@ class TrajectoryTracker:
         self.last_trajectory: dict | None = None
 
     def set(self, joint_names, times_from_start, positions, start_time: float, current: dict[str, float]) -> None:
-        """A new trajectory arrived at `start_time` (s); `current` gives the joints' positions then."""
-        self._names = list(joint_names)
-        self._times = np.asarray(times_from_start, dtype=np.float64)
-        self._positions = np.asarray(positions, dtype=np.float64).reshape(len(self._times), len(self._names))
+        """A new trajectory arrived at `start_time` (s); `current` gives the joints' positions then.
+
+        A malformed one (ragged, non-finite, times not increasing) raises InputRejected and the
+        tracker keeps the trajectory it had.
+        """
+        names, times, positions = check_trajectory(joint_names, times_from_start, positions)
+        self._names, self._times, self._positions = names, times, positions
         self._start_time = start_time
         self._start_positions = np.asarray([current.get(n, p) for n, p in zip(self._names, self._positions[0])]) \
             if len(self._times) else None
@@ -90,7 +94,14 @@ class GoalEpisodeRecorder:
     def active(self) -> bool:
         return self.writer is not None
 
-    def start(self, episode_id: str, instruction: str, **metadata) -> None:
+    @property
+    def source(self) -> str:
+        """Who the running episode records ('policy', 'scripted_expert', 'teleoperation'); '' when idle."""
+        return str(self.writer.metadata.get("source", "")) if self.writer is not None else ""
+
+    def start(self, episode_id: str | None, instruction: str, **metadata) -> None:
+        """Begin an episode (aborting an unfinished one); a bad `episode_id` raises InputRejected first."""
+        check_episode_id(episode_id or "")
         if self.writer is not None:
             self.writer.abort()
         self.writer = EpisodeWriter(self.episode_dir, episode_id=episode_id,

@@ -89,6 +89,7 @@ class EpisodeWriter:
         self._channel(fmt.INSTRUCTION_TOPIC, "std_msgs/msg/String")
         self._channel(fmt.TRAJECTORY_TOPIC, "trajectory_msgs/msg/JointTrajectory")
         self.num_steps = 0
+        self._image_shapes: dict[str, tuple] = {}  # camera -> frame shape of the first step
         self._sequence = 0
         self._done = False
 
@@ -131,6 +132,7 @@ class EpisodeWriter:
         """
         if self._done:
             raise RuntimeError("episode already closed")
+        self._check_step(images, joint_positions, action)  # before writing anything: a refused step leaves no trace
         t = self._types
         stamp_ns = int(stamp_ns)
         if self.num_steps == 0:
@@ -168,6 +170,22 @@ class EpisodeWriter:
         if trajectory is not None:
             self._write(fmt.TRAJECTORY_TOPIC, self._trajectory_msg(stamp_ns, trajectory), stamp_ns)
         self.num_steps += 1
+
+    def _check_step(self, images: Mapping[str, np.ndarray], joint_positions, action) -> None:
+        """Refuse (ValueError) a step that would poison training: non-finite numbers, cameras changing size."""
+        missing = set(self.camera_names) - set(images)
+        if missing:
+            raise ValueError(f"images is missing cameras {sorted(missing)}")
+        shapes = {cam: tuple(np.shape(images[cam])) for cam in self.camera_names}
+        for cam, shape in shapes.items():
+            first = self._image_shapes.get(cam, shape)
+            if shape != first:
+                raise ValueError(f"images[{cam!r}] is {shape}, earlier steps of this episode {first}")
+        if not np.all(np.isfinite(np.asarray(joint_positions, dtype=np.float64))):
+            raise ValueError("joint_positions holds a non-finite value")
+        if not np.all(np.isfinite(np.asarray(action, dtype=np.float64))):
+            raise ValueError("action holds a non-finite value")
+        self._image_shapes = shapes
 
     def _trajectory_msg(self, stamp_ns: int, traj: Mapping[str, Any]):
         t = self._types
