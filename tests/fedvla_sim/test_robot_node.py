@@ -1,4 +1,5 @@
 """The sim robot node, as a real process over real DDS: trajectories, images, rejections, services."""
+import json
 import time
 from pathlib import Path
 
@@ -129,4 +130,75 @@ def test_node_reset_and_expert_services(robot, processes, rclpy_context):
     assert len(probe.commands) >= result.steps * 0.9
     assert list(probe.commands[-1].joint_names) == list(scene.ROS_JOINT_NAMES)
     assert probe.spin_until(lambda: probe.success and probe.success[-1], 5)
+    probe.node.destroy_node()
+
+
+def test_node_refuses_non_finite_and_ragged_trajectories_and_bad_service_requests(robot, processes, rclpy_context):
+    probe = Probe(rclpy_context)
+    assert probe.spin_until(lambda: probe.joints is not None, 40), processes.log(robot)
+    start = probe.arm()
+    names = list(scene.ROS_JOINT_NAMES)
+    bad = []
+    nan_goal = start.copy()
+    nan_goal[2] = float("nan")
+    bad.append(("must be finite", names, [nan_goal], [0.5]))
+    bad.append(("needs 2 positions", names[:2], [start[:1]], [0.5]))  # 2 joint names, 1 position (issue 20)
+    bad.append(("needs 8 positions", names, [start, start[:3]], [0.5, 1.0]))  # ragged points
+    bad.append(("increase strictly", names, [start + 0.01, start + 0.02], [0.5, 0.5]))
+    bad.append(("must be finite", names, [np.full(len(names), np.inf)], [0.5]))
+    for _, joint_names, rows, times in bad:
+        msg = JointTrajectory(joint_names=joint_names)
+        for row, t in zip(rows, times):
+            msg.points.append(JointTrajectoryPoint(positions=[float(v) for v in row],
+                                                   time_from_start=Duration(sec=int(t), nanosec=int(t % 1 * 1e9))))
+        probe.trajectory_pub.publish(msg)
+        probe.spin_for(1.1)  # rejections are logged at most once a second
+    probe.spin_for(1.0)
+    np.testing.assert_allclose(probe.arm(), start, atol=2e-3)  # the arm held
+    log = processes.log(robot)
+    for why, *_ in bad:
+        assert why in log, log[-3000:]
+    assert robot.poll() is None and "Traceback" not in log
+
+    reply = probe.call(ResetTask, "reset_task", ResetTask.Request(task="", seed=-3), 20)
+    assert not reply.success and "seed must be >= 0" in reply.message
+    reply = probe.call(ResetTask, "reset_task", ResetTask.Request(task="x" * 5000, seed=0), 20)
+    assert not reply.success and len(reply.message) < 1000 and "known tasks: " in reply.message
+    reply = probe.call(RunExpert, "run_expert", RunExpert.Request(max_steps=4_000_000_000), 20)
+    assert not reply.success and "max_steps" in reply.message
+    assert robot.poll() is None
+
+    # the current task and seed, latched, for the fed client's episode metadata
+    infos = []
+    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+    probe.node.create_subscription(String, f"{NS}/task_info", lambda m: infos.append(json.loads(m.data)), latched)
+    assert probe.spin_until(lambda: infos, 10)
+    assert (infos[-1]["task"], infos[-1]["seed"]) == ("pick_up_green_block", 1)
+    reply = probe.call(ResetTask, "reset_task", ResetTask.Request(task="push_blue_block_left", seed=7), 20)
+    assert reply.success
+    assert probe.spin_until(lambda: infos[-1]["task"] == "push_blue_block_left", 10)
+    assert infos[-1]["seed"] == 7 and infos[-1]["instruction"] == reply.instruction and infos[-1]["suite"] == "panda"
+    probe.node.destroy_node()
+
+
+def test_demonstration_recorded_through_ros_carries_the_sims_task_and_seed(robot, processes, rclpy_context, tmp_path):
+    from fedvla_fed_client.episodes import list_episodes, read_episode
+
+    episodes = tmp_path / "episodes"
+    fed = processes.start(
+        ["-m", "fedvla_fed_client.client_node", "--ros-args", "-r", f"__ns:={NS}", "-p", f"episode_dir:={episodes}",
+         "-p", "camera_names:=['agentview']", "-p", "federation_enabled:=false"], name="fed_client")
+    probe = Probe(rclpy_context)
+    assert probe.spin_until(lambda: probe.joints is not None, 40), processes.log(robot)
+    reply = probe.call(ResetTask, "reset_task", ResetTask.Request(task="pick_up_green_block", seed=5), 20)
+    assert reply.success
+    probe.spin_for(1.0)  # the fed client takes the new task_info
+    result = probe.call(RunExpert, "fed_client/record_demonstration", RunExpert.Request(max_steps=0), 90)
+    assert result.success, (result.message, processes.log(fed)[-2000:])
+    episode = read_episode(list_episodes(episodes)[0])
+    meta = episode.metadata
+    assert (meta["task"], meta["seed"], meta["suite"], meta["source"]) == ("pick_up_green_block", 5, "panda",
+                                                                          "scripted_expert")
+    assert meta["instruction"] == reply.instruction and episode.success and episode.num_steps > 10
+    assert fed.poll() is None
     probe.node.destroy_node()

@@ -4,11 +4,16 @@ A thin shell around `fedvla_sim.sim_robot.SimRobot` (no ROS in there). All names
 relative, so the node's namespace applies (`/robot1/joint_states`, ...):
 
 - publishes `camera/<name>/image_raw` (rgb8) and `camera/<name>/camera_info`, `joint_states`,
-  `task_success` (std_msgs/Bool) and `instruction` (std_msgs/String, transient local);
+  `task_success` (std_msgs/Bool), `instruction` (std_msgs/String, transient local) and
+  `task_info` (std_msgs/String, transient local: JSON {"task", "seed", "suite", "instruction"} of the
+  current episode, which the fed client stores in the metadata of the episodes it records);
 - follows trajectory_msgs/JointTrajectory on `controller_topic` with joint_trajectory_controller
-  semantics, and logs a clear rejection (no motion) for a bad one;
+  semantics, and logs a clear, bounded rejection (no motion: the arm holds its current command) for a
+  bad one (unknown or repeated joints, ragged or non-finite points, times not increasing, out of limits);
 - services `reset_task` (fedvla_msgs/ResetTask) and `run_expert` (fedvla_msgs/RunExpert); the
-  expert publishes on the controller topic, so recorders see it exactly like teleoperation.
+  expert publishes on the controller topic, so recorders see it exactly like teleoperation. A bad
+  request (unknown task, negative seed, absurd max_steps) is answered with success=false and why;
+  no callback lets an exception end the node.
 
 Threads: the physics and the camera rendering each run in their own plain thread (the camera
 thread owns the GL context); ROS callbacks run in a MultiThreadedExecutor, the services in a
@@ -18,6 +23,7 @@ Parameters: config/sim_robot.yaml (same names and defaults as `SimRobotConfig`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import threading
 import time
@@ -32,9 +38,20 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from fedvla_fed_client.input_checks import bounded
 from fedvla_msgs.srv import ResetTask, RunExpert
 from fedvla_sim.sim_robot import SimRobot, SimRobotConfig
+from fedvla_sim.tasks import TASKS
 from fedvla_sim.trajectory import TrajectoryRejected
+
+
+#: Latched JSON of the current episode's task and seed (see the module docstring).
+TASK_INFO_TOPIC = "task_info"
+#: The suite this node simulates (episode metadata `suite`, as `fedvla-sim record` writes it).
+SUITE = "panda"
+#: RunExpert.max_steps above this many times the task's own step budget is refused (it would hold the
+#: service, and the arm, for hours).
+MAX_EXPERT_STEPS_FACTOR = 10
 
 
 def _seconds(duration) -> float:
@@ -59,6 +76,7 @@ class SimRobotNode(Node):
         self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
         self.success_pub = self.create_publisher(Bool, "task_success", 10)
         self.instruction_pub = self.create_publisher(String, "instruction", latched)
+        self.task_info_pub = self.create_publisher(String, TASK_INFO_TOPIC, latched)
         self.image_pubs = {c: self.create_publisher(Image, f"camera/{c}/image_raw", 5) for c in cfg.camera_names}
         self.info_pubs = {c: self.create_publisher(CameraInfo, f"camera/{c}/camera_info", 5) for c in cfg.camera_names}
         # The expert publishes here like a teleoperator; our own subscription executes it.
@@ -72,6 +90,7 @@ class SimRobotNode(Node):
         self._expert_lock = threading.Lock()
 
         self._publish_instruction(self.robot.env.instruction)
+        self._publish_task_info()
         self.robot.start()
         self._camera_stop = threading.Event()
         self._camera_thread = threading.Thread(target=self._camera_loop, name="sim_cameras", daemon=True)
@@ -95,6 +114,17 @@ class SimRobotNode(Node):
 
     # --- commands -------------------------------------------------------------------------------------
     def _on_trajectory(self, msg: JointTrajectory) -> None:
+        try:
+            self._follow(msg)
+        except TrajectoryRejected as err:
+            self.get_logger().error(bounded(
+                f"rejected trajectory ({len(msg.points)} points, joints {list(msg.joint_names)}): {err}; "
+                f"the arm keeps its current command", 400), throttle_duration_sec=1.0)
+        except Exception as err:  # noqa: BLE001 - never let one message end the arm's node
+            self.get_logger().error(bounded(f"rejected trajectory: {type(err).__name__}: {err}; the arm keeps its "
+                                            f"current command", 400), throttle_duration_sec=1.0)
+
+    def _follow(self, msg: JointTrajectory) -> None:
         times = [_seconds(p.time_from_start) for p in msg.points]
         positions = [list(p.positions) for p in msg.points]
         start_delay = None
@@ -104,35 +134,49 @@ class SimRobotNode(Node):
             if wall_delay > 0:
                 rtf = self.config.real_time_factor
                 start_delay = wall_delay * (rtf if rtf > 0 else 1.0)
-        try:
-            if any(len(p) != len(msg.joint_names) for p in positions):
-                raise TrajectoryRejected(f"every point needs {len(msg.joint_names)} positions (one per joint name)")
-            self.robot.command_trajectory(list(msg.joint_names), times, positions, start_delay=start_delay)
-        except TrajectoryRejected as err:
-            self.get_logger().error(f"rejected trajectory ({len(msg.points)} points, joints "
-                                    f"{list(msg.joint_names)}): {err}; the arm keeps its current command")
+        if any(len(p) != len(msg.joint_names) for p in positions):
+            raise TrajectoryRejected(f"every point needs {len(msg.joint_names)} positions (one per joint name)")
+        self.robot.command_trajectory(list(msg.joint_names), times, positions, start_delay=start_delay)
 
     def _on_reset(self, request: ResetTask.Request, response: ResetTask.Response) -> ResetTask.Response:
         try:
+            if request.seed < 0:
+                raise ValueError(f"seed must be >= 0, got {request.seed}")
+            if request.task and request.task not in TASKS:  # quote the name short, so the known ones stay readable
+                raise ValueError(f"unknown task {bounded(request.task, 60)!r}; known tasks: {', '.join(TASKS)}")
             instruction = self.robot.reset(task=request.task or None, seed=int(request.seed))
-        except KeyError as err:
-            response.success, response.message = False, str(err)
-            self.get_logger().error(f"reset_task rejected: {err}")
+        except (KeyError, ValueError) as err:
+            reason = bounded(err.args[0] if isinstance(err, KeyError) and err.args else err, 1000)
+            response.success, response.message = False, reason
+            self.get_logger().error(f"reset_task rejected: {reason}")
+            return response
+        except Exception as err:  # noqa: BLE001 - answer why instead of ending the node
+            response.success, response.message = False, bounded(f"reset failed: {type(err).__name__}: {err}")
+            self.get_logger().error(response.message)
             return response
         response.success, response.instruction = True, instruction
         response.message = f"task {self.robot.env.task.name!r} seed {request.seed}"
         self._publish_success()  # the new episode's (unsolved) state now, not at the next 5 Hz tick
         self._publish_instruction(instruction)
+        self._publish_task_info()
         self.get_logger().info(f"reset to {response.message}: {instruction!r}")
         return response
 
     def _on_run_expert(self, request: RunExpert.Request, response: RunExpert.Response) -> RunExpert.Response:
+        limit = MAX_EXPERT_STEPS_FACTOR * self.robot.env.task.max_steps
+        if request.max_steps > limit:
+            response.success = False
+            response.message = (f"max_steps {request.max_steps} is more than {MAX_EXPERT_STEPS_FACTOR} x the task's "
+                                f"{self.robot.env.task.max_steps} steps (0 = the task's own budget)")
+            return response
         if not self._expert_lock.acquire(blocking=False):
             response.success, response.message = False, "the expert is already running"
             return response
         try:
             self.get_logger().info(f"running the scripted expert for {self.robot.env.task.name!r}")
             result = self.robot.run_expert(self._send_trajectory, max_steps=int(request.max_steps))
+        except Exception as err:  # noqa: BLE001 - answer why instead of ending the node
+            result = {"success": False, "steps": 0, "message": bounded(f"expert failed: {type(err).__name__}: {err}")}
         finally:
             self._expert_lock.release()
         response.success, response.steps, response.message = result["success"], result["steps"], result["message"]
@@ -159,6 +203,11 @@ class SimRobotNode(Node):
 
     def _publish_instruction(self, text: str) -> None:
         self.instruction_pub.publish(String(data=text))
+
+    def _publish_task_info(self) -> None:
+        env = self.robot.env
+        self.task_info_pub.publish(String(data=json.dumps(
+            {"task": env.task.name, "seed": int(env.seed), "suite": SUITE, "instruction": env.instruction})))
 
     def _camera_info(self, camera: str, stamp) -> CameraInfo:
         size = self.config.camera_size
