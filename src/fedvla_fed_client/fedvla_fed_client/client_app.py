@@ -28,6 +28,7 @@ import traceback
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedvla_fed_client.input_checks import bounded
 from fedvla_fed_client.local_round import LocalRoundConfig, LocalRoundResult, run_local_round
 from fedvla_fed_client.local_trainer import TrainerError, TrainerUnavailable, request_round
 from fedvla_fed_client.round_gate import RoundReport, wait_and_take_gate, write_report
@@ -101,6 +102,12 @@ def _train(cfg: LocalRoundConfig, global_arrays: dict, mode: str, timeout_s: flo
     return run_local_round(cfg, global_arrays), {"warm-trainer": 0}
 
 
+def failure_reason(err: BaseException) -> str:
+    """One line for RoundStatus: the error's type and its first line (a trainer's traceback stays in the log)."""
+    first = (str(err).strip().splitlines() or [""])[0]
+    return bounded(f"{type(err).__name__}: {first}", 500)
+
+
 def _record(arrays: dict) -> ArrayRecord:
     from flwr.app import Array
 
@@ -131,7 +138,7 @@ def train(msg: Message, context: Context) -> Message:
     except Exception as err:  # noqa: BLE001 - report the failure to the robot, send an empty update
         log.error("local round failed: %s\n%s", err, traceback.format_exc())
         write_report(cfg.episode_dir, RoundReport(server_round=cfg.server_round, state="failed",
-                                                  bytes_down=bytes_down, message=f"{type(err).__name__}: {err}"))
+                                                  bytes_down=bytes_down, message=failure_reason(err)))
         return Message(RecordDict({"arrays": ArrayRecord(), "metrics": MetricRecord(
             {"num-examples": 0, "bytes-down": bytes_down, "failed": 1})}), reply_to=msg)
     record = _record(pack_arrays(result.upload))  # one flat array per dtype: far fewer Flower objects

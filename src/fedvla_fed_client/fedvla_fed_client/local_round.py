@@ -19,6 +19,12 @@ passes a :class:`WarmState`: the policy it saved last round and the decoded epis
 memory, so a round skips from_pretrained and MCAP decoding when nothing changed on disk. The
 disk stays the source of truth: the in-memory copy is used only while latest.json still names
 the checkpoint it was saved as, and the episode cache only while the episode files are the same.
+
+A round that goes wrong changes nothing on the robot: global tensors that are not finite or do
+not fit, a non-finite training loss, or trained weights that are not all finite stop the round
+with :class:`RoundFailed` (the reason in its message) before anything is saved, so the robot's
+local policy, its ``latest.json`` and the checkpoint its policy server runs stay as they were. Bad
+episodes are skipped by the dataset (see EpisodeDataset) and counted in the metrics.
 """
 from __future__ import annotations
 
@@ -37,6 +43,33 @@ log = logging.getLogger("fedvla.client")
 
 POLICY_SUBDIR = "policy"
 LATEST_FILE = "latest.json"
+
+
+class RoundFailed(RuntimeError):
+    """The local round was stopped before it saved anything; the message says why."""
+
+
+def _non_finite(tensors: Mapping[str, Any]) -> list[str]:
+    """Names of the tensors/arrays holding a NaN or an infinity."""
+    import torch
+
+    bad = []
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor):
+            ok = bool(torch.isfinite(value).all()) if value.is_floating_point() else True
+        else:
+            arr = np.asarray(value)
+            ok = bool(np.isfinite(arr).all()) if np.issubdtype(arr.dtype, np.inexact) else True
+        if not ok:
+            bad.append(name)
+    return bad
+
+
+def check_finite(tensors: Mapping[str, Any], what: str) -> None:
+    """Raise RoundFailed naming the first few non-finite tensors of `what`."""
+    bad = _non_finite(tensors)
+    if bad:
+        raise RoundFailed(f"{what}: {len(bad)} tensor(s) not finite, e.g. {bad[:3]}")
 
 
 @dataclass
@@ -115,9 +148,9 @@ def latest_local_checkpoint(policy_dir) -> str:
     marker = Path(policy_dir) / LATEST_FILE
     try:
         path = json.loads(marker.read_text())["path"]
-    except (FileNotFoundError, KeyError, ValueError):
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
         return ""
-    return path if Path(path).is_dir() else ""
+    return path if isinstance(path, str) and Path(path).is_dir() else ""
 
 
 def load_local_policy(cfg: LocalRoundConfig, warm: WarmState | None = None):
@@ -189,7 +222,11 @@ def tensors_to_upload(policy, scope: str, train_layers: list[int]) -> dict[str, 
 
 
 def save_local_policy(policy, cfg: LocalRoundConfig) -> str:
-    """save_pretrained into policy/round_NNNN, then point latest.json at it (atomically); prune old rounds."""
+    """save_pretrained into policy/round_NNNN, then point latest.json at it (atomically); prune old rounds.
+
+    Refuses (RoundFailed) a policy with a non-finite weight or buffer: it would replace a working one.
+    """
+    check_finite(dict(policy.state_dict()), "local policy to save")
     root = cfg.resolved_policy_dir
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"round_{cfg.server_round:04d}"
@@ -217,12 +254,14 @@ def load_dataset(cfg: LocalRoundConfig, policy_config, warm: WarmState | None = 
     c = policy_config
     paths = list_episodes(cfg.episode_dir)
     key = (tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths),
-           tuple(c.camera_names), int(c.chunk_size), c.image_size)
+           tuple(c.camera_names), int(c.chunk_size), c.image_size, int(c.action_dim), int(c.proprio_dim))
     if warm is not None and warm.dataset is not None and warm.dataset_key == key:
         warm.hits["dataset"] += 1
         return warm.dataset
+    # the policy's own cameras and dimensions: an episode that does not fit them is skipped, not trained on
     dataset = EpisodeDataset(paths, camera_names=c.camera_names, chunk_size=c.chunk_size,
-                             only_successful=True, image_size=c.image_size)
+                             only_successful=True, image_size=c.image_size, action_dim=int(c.action_dim),
+                             proprio_dim=int(c.proprio_dim))
     if warm is not None:
         warm.dataset, warm.dataset_key = dataset, key
     return dataset
@@ -239,15 +278,24 @@ def run_local_round(cfg: LocalRoundConfig, global_arrays: Mapping[str, np.ndarra
 
     from fedvla_policy.training import TrainConfig, train
 
+    try:
+        from fedvla_policy.training import NonFiniteLossError
+    except ImportError:  # a training loop without the guard: the loss and weights are checked below anyway
+        class NonFiniteLossError(RuntimeError):
+            pass
+
     t0 = time.monotonic()
+    check_finite(global_arrays, "global model from the server")
     policy, source = load_local_policy(cfg, warm)
     load_global(policy, global_arrays, cfg.scope)
     dataset = load_dataset(cfg, policy.config, warm)
     load_s = time.monotonic() - t0
+    skipped = len(getattr(dataset, "skipped", {}))
     if len(dataset) == 0 or cfg.local_steps == 0:
-        log.warning("robot %s round %d: no successful episodes (or 0 steps); nothing to train",
-                    cfg.robot_id, cfg.server_round)
-        return LocalRoundResult(upload={}, metrics={"num-examples": 0, "num-episodes": 0, "load-s": load_s})
+        log.warning("robot %s round %d: no usable successful episodes (or 0 steps; %d skipped); nothing to train",
+                    cfg.robot_id, cfg.server_round, skipped)
+        return LocalRoundResult(upload={}, metrics={"num-examples": 0, "num-episodes": 0, "load-s": load_s,
+                                                    "skipped-episodes": skipped})
 
     trainable = None
     if cfg.train_layers:
@@ -258,12 +306,21 @@ def run_local_round(cfg: LocalRoundConfig, global_arrays: Mapping[str, np.ndarra
     tcfg = TrainConfig(max_steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.learning_rate,
                        warmup=min(20, cfg.local_steps // 5), seed=cfg.seed + cfg.server_round,
                        prox_mu=cfg.proximal_mu, progress=False, device="cpu" if not torch.cuda.is_available() else "auto")
-    stats = train(policy, dataset, tcfg, reference_trunk=reference, trainable_groups=trainable)
+    try:
+        stats = train(policy, dataset, tcfg, reference_trunk=reference, trainable_groups=trainable)
+    except (NonFiniteLossError, FloatingPointError) as err:
+        raise RoundFailed(f"robot {cfg.robot_id} round {cfg.server_round}: training stopped, non-finite loss "
+                          f"({type(err).__name__}: {err}); the local policy is unchanged") from err
     policy.to("cpu")
+    if not (np.isfinite(stats["loss"]) and np.isfinite(stats["first_loss"])):
+        raise RoundFailed(f"robot {cfg.robot_id} round {cfg.server_round}: non-finite training loss "
+                          f"(first {stats['first_loss']}, last {stats['loss']}); the local policy is unchanged")
+    check_finite(dict(policy.state_dict()), "trained local policy")
     upload = tensors_to_upload(policy, cfg.scope, cfg.train_layers)
     if cfg.upload_dtype == "float16":  # deltas are small, so half precision loses little and halves the bytes
         upload = {k: (v.astype(np.float64) - np.asarray(global_arrays[k], np.float64)).astype(np.float16)
                   if k in global_arrays else v for k, v in upload.items()}
+    check_finite(upload, "upload")  # (a float16 delta beyond 65504 would be inf)
     if cfg.fault_injection == "nan":
         first = next(iter(upload))
         upload[first] = upload[first].copy()
@@ -282,6 +339,7 @@ def run_local_round(cfg: LocalRoundConfig, global_arrays: Mapping[str, np.ndarra
         "mean-active-experts": float(stats["mean_active_experts"]),
         "load-s": load_s,
         "upload-delta": int(cfg.upload_dtype == "float16"),
+        "skipped-episodes": skipped,
     }
     for layer, counts in enumerate(stats["expert_counts"]):
         metrics[f"expert-counts.{layer}"] = [int(v) for v in counts]

@@ -3,6 +3,11 @@
 Episodes are small (a robot keeps tens of them), so every episode is decoded once, resized
 and stored in memory as compact uint8/float32 arrays; ``__getitem__`` only slices. Decoding once
 matters more than anything else for training speed: a sample is then a few array views.
+
+One bad episode never stops training and never reaches it: a file that cannot be decoded, lacks
+a camera, holds a non-finite joint position or action, or whose dimensions differ from the
+expected ones (the policy's, when given; else the first usable episode's) is skipped with a
+warning and listed in ``skipped`` (path -> reason).
 """
 from __future__ import annotations
 
@@ -40,10 +45,12 @@ class EpisodeDataset(Dataset):
         chunk_size: H, the action-chunk length.
         only_successful: skip episodes whose metadata says the task failed.
         image_size: S, resize frames to SxS (None: keep the recorded size).
+        action_dim, proprio_dim: the lengths the consumer (the policy) needs; None: the first usable episode's.
     """
 
     def __init__(self, dirs_or_files, camera_names: Sequence[str] | None = None, chunk_size: int = 1,
-                 only_successful: bool = True, image_size: int | None = None):
+                 only_successful: bool = True, image_size: int | None = None, action_dim: int | None = None,
+                 proprio_dim: int | None = None):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         if image_size is not None and image_size < 1:
@@ -55,6 +62,8 @@ class EpisodeDataset(Dataset):
         self.episode_ids: list[str] = []
         self.instructions: list[str] = []
         self.metadata: list[dict] = []
+        self.skipped: dict[str, str] = {}  # episode file -> why it was left out
+        self._expected = {"action": action_dim, "proprio": proprio_dim, "frame": None}
         self._images: list[np.ndarray] = []
         self._proprio: list[np.ndarray] = []
         self._actions: list[np.ndarray] = []
@@ -62,20 +71,23 @@ class EpisodeDataset(Dataset):
         for path in self.paths:
             try:
                 ep = read_episode(path, cameras=self.camera_names)
+                if ep.num_steps == 0:
+                    continue
+                cameras = self.camera_names if self.camera_names is not None else list(
+                    ep.metadata.get("camera_names", []))
+                self._check(ep, cameras)
+                cams = [_resize(ep.images[c], image_size) for c in cameras]
+                frames = np.stack(cams, axis=1)  # (T, n_cams, 3, S, S); cameras of different sizes fail here
             except Exception as err:  # noqa: BLE001 - one bad file must not stop training
-                log.warning("skipping episode %s: %s", path, err)
+                self.skipped[str(path)] = f"{type(err).__name__}: {err}"
+                log.warning("skipping episode %s: %s", path, self.skipped[str(path)])
                 continue
-            if ep.num_steps == 0:
-                continue
-            if self.camera_names is None:
-                self.camera_names = list(ep.metadata.get("camera_names", []))
-            if self._actions and (ep.actions.shape[1] != self._actions[0].shape[1]
-                                  or ep.joint_positions.shape[1] != self._proprio[0].shape[1]):
-                raise ValueError(f"{path}: action/proprio dims {ep.actions.shape[1]}/"
-                                 f"{ep.joint_positions.shape[1]} differ from earlier episodes")
+            self.camera_names = cameras
+            for key, value in (("action", ep.actions.shape[1]), ("proprio", ep.joint_positions.shape[1]),
+                               ("frame", cams[0].shape[1:] if cams else ())):
+                self._expected[key] = value if self._expected[key] is None else self._expected[key]
             e = len(self._actions)
-            cams = [_resize(ep.images[c], image_size) for c in self.camera_names]
-            self._images.append(np.stack(cams, axis=1))  # (T, n_cams, 3, S, S)
+            self._images.append(frames)
             self._proprio.append(ep.joint_positions.astype(np.float32))
             self._actions.append(ep.actions.astype(np.float32))
             self.episode_ids.append(ep.episode_id)
@@ -83,6 +95,21 @@ class EpisodeDataset(Dataset):
             self.metadata.append(ep.metadata)
             index.extend((e, t) for t in range(ep.num_steps))
         self._index = np.asarray(index, dtype=np.int64).reshape(-1, 2)
+
+    def _check(self, ep, cameras: list[str]) -> None:
+        """Raise ValueError when `ep` must not be trained on (non-finite values, dimensions that do not fit)."""
+        if not (np.all(np.isfinite(ep.actions)) and np.all(np.isfinite(ep.joint_positions))):
+            raise ValueError("non-finite joint position or action")
+        for key, value in (("action", ep.actions.shape[1]), ("proprio", ep.joint_positions.shape[1])):
+            if self._expected[key] is not None and value != self._expected[key]:
+                raise ValueError(f"{key} dim {value}, expected {self._expected[key]}")
+        if not cameras:
+            raise ValueError("no cameras")
+        if self.image_size is None and self._expected["frame"] is not None:
+            for c in cameras:
+                shape = ep.images[c].shape[1:3]
+                if (3, *shape) != tuple(self._expected["frame"]):
+                    raise ValueError(f"camera {c} frames {shape}, earlier episodes {self._expected['frame'][1:]}")
 
     @property
     def num_episodes(self) -> int:
