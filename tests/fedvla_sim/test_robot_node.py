@@ -153,12 +153,30 @@ def test_node_refuses_non_finite_and_ragged_trajectories_and_bad_service_request
                                                    time_from_start=Duration(sec=int(t), nanosec=int(t % 1 * 1e9))))
         probe.trajectory_pub.publish(msg)
         probe.spin_for(1.1)  # rejections are logged at most once a second
-    probe.spin_for(1.0)
+    future = JointTrajectory(joint_names=names)
+    future.header.stamp.sec = 4_000_000_000 // 2  # year 2033: would freeze the arm's command until then
+    future.points.append(JointTrajectoryPoint(positions=[float(v) for v in start + 0.05], time_from_start=Duration(sec=1)))
+    probe.trajectory_pub.publish(future)
+    bad.append(("in the future",))
+    probe.spin_for(1.1)
     np.testing.assert_allclose(probe.arm(), start, atol=2e-3)  # the arm held
     log = processes.log(robot)
     for why, *_ in bad:
         assert why in log, log[-3000:]
     assert robot.poll() is None and "Traceback" not in log
+
+    # Randomized malformed trajectories (bounded: 60 messages): the node lives, the joint states stay finite.
+    rng = np.random.default_rng(20)
+    for _ in range(60):
+        msg = JointTrajectory(joint_names=list(rng.choice(names + ["nope", ""], size=rng.integers(0, 10))))
+        for _ in range(rng.integers(0, 4)):
+            row = rng.choice([np.nan, np.inf, -np.inf, 0.0, 0.1, 5.0], size=rng.integers(0, 10))
+            msg.points.append(JointTrajectoryPoint(positions=[float(v) for v in row],
+                                                   time_from_start=Duration(sec=int(rng.integers(-2, 3)))))
+        probe.trajectory_pub.publish(msg)
+        probe.spin_for(0.02)
+    probe.spin_for(1.0)
+    assert robot.poll() is None and np.all(np.isfinite(probe.arm())), processes.log(robot)[-3000:]
 
     reply = probe.call(ResetTask, "reset_task", ResetTask.Request(task="", seed=-3), 20)
     assert not reply.success and "seed must be >= 0" in reply.message

@@ -52,6 +52,9 @@ SUITE = "panda"
 #: RunExpert.max_steps above this many times the task's own step budget is refused (it would hold the
 #: service, and the arm, for hours).
 MAX_EXPERT_STEPS_FACTOR = 10
+#: A trajectory stamped further ahead than this (wall seconds) is refused: a clock error or a typo would
+#: otherwise freeze the arm's command until then.
+MAX_START_DELAY_S = 10.0
 
 
 def _seconds(duration) -> float:
@@ -131,6 +134,9 @@ class SimRobotNode(Node):
         stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         if stamp_ns > 0:  # like the JTC: a future-stamped trajectory starts at its stamp; zero/past = now
             wall_delay = (stamp_ns - self.get_clock().now().nanoseconds) * 1e-9
+            if wall_delay > MAX_START_DELAY_S:
+                raise TrajectoryRejected(f"header.stamp is {wall_delay:.1f} s in the future (at most "
+                                         f"{MAX_START_DELAY_S:.0f} s)")
             if wall_delay > 0:
                 rtf = self.config.real_time_factor
                 start_delay = wall_delay * (rtf if rtf > 0 else 1.0)
