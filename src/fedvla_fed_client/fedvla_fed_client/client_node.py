@@ -200,11 +200,8 @@ class FedClientNode(Node):
         log(bounded(f"{callback}: refused: {reason}{more}", 2 * len(callback) + 320))
 
     # ---- sensors -------------------------------------------------------------------------------
-    def _on_image(self, cam: str, msg: Image) -> None:
-        self._on_camera_image(cam, msg)
-
     @guarded("image")
-    def _on_camera_image(self, cam: str, msg: Image) -> None:
+    def _on_image(self, cam: str, msg: Image) -> None:
         # decoded only when a step is recorded (most frames never are); the cheap checks now, so a bad
         # frame never replaces the last good one
         check_image_header(msg.encoding, int(msg.height), int(msg.width), int(msg.step), len(msg.data))
