@@ -54,3 +54,16 @@ def test_writer_refuses_non_finite_and_resized_steps_and_keeps_the_good_ones(tmp
     w.add_step(5, {"cam": img}, [0.0, 0.2], [0.6])
     episode = read_episode(w.close(True))
     assert episode.num_steps == 2 and np.all(np.isfinite(episode.joint_positions))
+
+
+@pytest.mark.parametrize("garbage", ["[1, 2]", "not json", '{"server_round": 1}', '\xff\xfe'])
+def test_gate_and_report_files_written_by_something_else_do_not_break_the_node(tmp_path, garbage):
+    from fedvla_fed_client.round_gate import GATE_FILE, REPORT_FILE, read_gate, read_report, write_gate
+
+    (tmp_path / REPORT_FILE).write_text(garbage)
+    (tmp_path / GATE_FILE).write_text(garbage)
+    assert read_report(tmp_path) is None and not read_gate(tmp_path).open
+    write_gate(tmp_path, True, "ready")
+    assert read_gate(tmp_path).open
+    (tmp_path / REPORT_FILE).write_text('{"server_round": 3, "state": "done", "from_a_newer_version": 1}')
+    assert read_report(tmp_path).server_round == 3

@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 GATE_FILE = ".round_gate.json"
@@ -36,10 +36,18 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def _read_json(path: Path) -> dict | None:
+    """The file's JSON object; None when it is missing, not JSON or not an object (written by something else)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def _known_fields(cls, data: dict) -> dict:
+    """`data` without the keys `cls` does not have (a file from another version must not break the reader)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 @dataclass
@@ -61,7 +69,7 @@ def write_gate(episode_dir, open_: bool, reason: str) -> None:
 
 def read_gate(episode_dir) -> Gate:
     data = _read_json(Path(episode_dir) / GATE_FILE)
-    return Gate(**data) if data else Gate()
+    return Gate(**_known_fields(Gate, data)) if data else Gate()
 
 
 def wait_and_take_gate(episode_dir, server_round: int, timeout_s: float, poll_s: float = 0.5) -> Gate:
@@ -77,7 +85,7 @@ def wait_and_take_gate(episode_dir, server_round: int, timeout_s: float, poll_s:
         data = _read_json(path)
         if data is None:
             return Gate(open=True, reason="no fed client node manages this robot")
-        gate = Gate(**data)
+        gate = Gate(**_known_fields(Gate, data))
         if gate.open:
             gate.open, gate.taken_by_round, gate.reason = False, int(server_round), "training"
             _write_json_atomic(path, asdict(gate))
@@ -110,4 +118,9 @@ def write_report(episode_dir, report: RoundReport) -> None:
 
 def read_report(episode_dir) -> RoundReport | None:
     data = _read_json(Path(episode_dir) / REPORT_FILE)
-    return RoundReport(**data) if data else None
+    if not data:
+        return None
+    try:
+        return RoundReport(**_known_fields(RoundReport, data))
+    except TypeError:  # a required field (server_round, state) is missing
+        return None
