@@ -13,6 +13,8 @@ import pytest
 import rclpy
 from action_msgs.msg import GoalInfo, GoalStatus, GoalStatusArray
 from builtin_interfaces.msg import Duration
+from rcl_interfaces.msg import ParameterType
+from rcl_interfaces.srv import DescribeParameters
 from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_action_status_default, qos_profile_sensor_data
@@ -215,6 +217,10 @@ def test_rounds_off_the_node_logs_episodes_and_says_so(rclpy_context, processes,
         assert sum("rounds are off" in line for line in log.splitlines()) >= 1 and reason in log
         answer = robot.call(TriggerRound, "fed_client/trigger_round", TriggerRound.Request(ignore_min_episodes=True))
         assert not answer.accepted and "rounds are off" in answer.message
+        # the switch is a typed parameter with its help text (what `ros2 param describe` shows)
+        described = robot.call(DescribeParameters, "fed_client/describe_parameters",
+                               DescribeParameters.Request(names=["federation_enabled"])).descriptors[0]
+        assert described.type == ParameterType.PARAMETER_BOOL and "rounds are off" in described.description
 
         action = ActionClient(robot.node, ExecuteInstruction, "execute_instruction")
         assert action.wait_for_server(timeout_sec=30)
