@@ -1,10 +1,12 @@
 """`fedvla-sim`: record demonstrations, list tasks, check experts, save a preview image.
 
     fedvla-sim record --suite panda --task put_red_block_in_bowl --episodes 20 --out demos/ --workers 2
+    fedvla-sim record-suite --episodes 200 --out data/demos          # all 10 tasks, one worker per core
     fedvla-sim tasks
     fedvla-sim check --suite panda --task stack_red_on_green --seeds 10
     fedvla-sim preview --task push_blue_block_left --out preview.png
     fedvla-sim eval --checkpoint checkpoints/panda_base --suite panda --seeds 10 --out eval.json
+    fedvla-sim eval-suite --checkpoint checkpoints/panda_base --seeds 50 --out eval.json --media-dir docs/failures
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import os
 import sys
 import time
 
-from fedvla_sim.recorder import RecordConfig, record
+from fedvla_sim.recorder import RecordConfig, SuiteRecordConfig, record, record_suite
 
 
 def _add_record_args(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +39,47 @@ def _cmd_record(args: argparse.Namespace) -> int:
     summary["wall_s"] = round(time.monotonic() - t0, 2)
     print(json.dumps({k: v for k, v in summary.items() if k != "kept"} | {"kept": len(summary["kept"])}, indent=2))
     return 0 if len(summary["kept"]) >= cfg.episodes else 1
+
+
+def _add_dataclass_args(parser: argparse.ArgumentParser, cls, required: tuple[str, ...] = ()) -> None:
+    """One flag per field of dataclass `cls` (tuples take several values), help from the field's metadata."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        helptext = f"{f.metadata.get('help', '')} (default: {default})"
+        if isinstance(default, tuple):
+            parser.add_argument(flag, nargs="*", default=list(default), help=helptext)
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helptext)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=helptext, required=f.name in required)
+
+
+def _from_args(cls, args: argparse.Namespace):
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name)
+        values[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
+def _cmd_record_suite(args: argparse.Namespace) -> int:
+    cfg = _from_args(SuiteRecordConfig, args)
+    manifest = record_suite(cfg, command="fedvla-sim " + " ".join(sys.argv[1:]) if sys.argv[1:] else None)
+    short = {name: {k: t[k] for k in ("episodes", "attempted", "expert_success_rate", "mean_expert_steps")}
+             for name, t in manifest["tasks"].items()}
+    print(json.dumps({"tasks": short, "wall_s": manifest["wall_s"], "manifest": cfg.manifest}, indent=2))
+    return 0 if all(t["episodes"] >= cfg.episodes for t in manifest["tasks"].values()) else 1
+
+
+def _cmd_eval_suite(args: argparse.Namespace) -> int:
+    from fedvla_sim.batched_eval import SuiteEvalConfig, evaluate_suite
+
+    cfg = _from_args(SuiteEvalConfig, args)
+    result = evaluate_suite(cfg, command="fedvla-sim " + " ".join(sys.argv[1:]))
+    print(json.dumps({k: result[k] for k in ("per_task_success", "mean_success", "mean_success_by_phrasing",
+                                             "failure_modes", "media", "wall_time_s") if k in result}, indent=1))
+    return 0
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
@@ -106,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("record", help="Record scripted-expert demonstrations as episode files.")
     _add_record_args(rec)
     rec.set_defaults(func=_cmd_record)
+    rs = sub.add_parser("record-suite", help=(
+        "Record noise-injected expert demonstrations for many tasks at once (one pool, one worker per core), "
+        "with a manifest of seeds and the command."))
+    _add_dataclass_args(rs, SuiteRecordConfig)
+    rs.set_defaults(func=_cmd_record_suite)
+    from fedvla_sim.batched_eval import SuiteEvalConfig
+    es = sub.add_parser("eval-suite", help=(
+        "Evaluate a checkpoint on held-out seeds of every task with trained and held-out phrasings: sims in "
+        "parallel workers, one batched policy; eval.json with Wilson intervals, failure modes, failure GIFs."))
+    _add_dataclass_args(es, SuiteEvalConfig, required=("checkpoint",))
+    es.set_defaults(func=_cmd_eval_suite)
     sub.add_parser("tasks", help="List the tasks of both suites.").set_defaults(func=_cmd_tasks)
     chk = sub.add_parser("check", help="Expert success rate over seeds (no rendering).")
     chk.add_argument("--suite", choices=("panda", "metaworld"), default="panda", help="Task suite.")

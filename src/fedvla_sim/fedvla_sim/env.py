@@ -18,7 +18,7 @@ import mujoco
 import numpy as np
 
 from fedvla_sim import scene
-from fedvla_sim.tasks import Task, get_task
+from fedvla_sim.tasks import SceneState, Task, get_task
 
 SEGMENTATION_CLASSES = ("background", "table", "robot") + scene.OBJECTS
 
@@ -94,6 +94,8 @@ class PandaTabletopEnv:
         self.velocity_limits = scene.VELOCITY_LIMITS.copy()
         self.acceleration_limits = scene.ACCELERATION_LIMITS.copy()
         self._geom_class = self._segmentation_lookup()
+        self._obj_dof = {n: self.model.joint(f"{n}_joint").dofadr[0] for n in scene.OBJECTS}
+        self._contact_part = self._contact_parts()
         self._renderer = None
         self._want_render = render
         self.task = get_task(task) if isinstance(task, str) else task
@@ -182,8 +184,47 @@ class PandaTabletopEnv:
         """(position, 3x3 rotation) of the grasp site between the fingers."""
         return self.data.site_xpos[self._grasp_site].copy(), self.data.site_xmat[self._grasp_site].reshape(3, 3).copy()
 
+    def object_speeds(self) -> dict[str, float]:
+        """Object name -> linear speed (m/s) of its free joint."""
+        return {n: float(np.linalg.norm(self.data.qvel[a:a + 3])) for n, a in self._obj_dof.items()}
+
+    def contacts(self) -> set[tuple[str, str]]:
+        """Touching pairs of parts, each sorted: parts are object names, "left_finger", "right_finger",
+        "robot" (any other Panda link), "table" and "floor"."""
+        pairs = set()
+        for c in self.data.contact[:self.data.ncon]:
+            a, b = self._contact_part[c.geom1], self._contact_part[c.geom2]
+            if a != b:
+                pairs.add((a, b) if a < b else (b, a))
+        return pairs
+
+    def robot_table_force(self) -> float:
+        """Largest normal force (N) of any robot-table contact: the scripted experts stay under ~21 N, pressing the
+        closed fingers into the table gives 50-70 N."""
+        force, best = np.zeros(6), 0.0
+        for i in range(self.data.ncon):
+            c = self.data.contact[i]
+            parts = {self._contact_part[c.geom1], self._contact_part[c.geom2]}
+            if "table" in parts and parts & {"left_finger", "right_finger", "robot"}:
+                mujoco.mj_contactForce(self.model, self.data, i, force)
+                best = max(best, abs(float(force[0])))
+        return best
+
+    def scene_state(self) -> SceneState:
+        """Poses, speeds and robot contacts of the objects: what success checks and failure analysis read."""
+        fingers: dict[str, int] = {}
+        touched: set[str] = set()
+        for a, b in self.contacts():
+            for part, other in ((a, b), (b, a)):
+                if other in scene.OBJECTS and part in ("left_finger", "right_finger", "robot"):
+                    touched.add(other)
+                    if part != "robot":
+                        fingers[other] = fingers.get(other, 0) + 1
+        return SceneState(poses=self.object_poses(), speeds=self.object_speeds(), finger_contacts=fingers,
+                          robot_contacts=frozenset(touched))
+
     def success(self) -> bool:
-        return self.task.success(self.object_poses())
+        return self.task.success(self.scene_state())
 
     def observation(self, render: bool = True) -> dict:
         obs = {"joint_positions": self.joint_positions(), "instruction": self.instruction}
@@ -242,6 +283,23 @@ class PandaTabletopEnv:
             elif self.model.geom(g).name == "table":
                 lookup[g] = SEGMENTATION_CLASSES.index("table")
         return lookup
+
+    def _contact_parts(self) -> list[str]:
+        """Geom id -> the part name `contacts` reports."""
+        parts = []
+        for g in range(self.model.ngeom):
+            body = self.model.body(self.model.geom_bodyid[g]).name
+            if body in scene.OBJECTS:
+                parts.append(body)
+            elif body.endswith("leftfinger"):
+                parts.append("left_finger")
+            elif body.endswith("rightfinger"):
+                parts.append("right_finger")
+            elif body.startswith("panda"):
+                parts.append("robot")
+            else:
+                parts.append(self.model.geom(g).name or "world")
+        return parts
 
     def close(self) -> None:
         if self._renderer is not None:

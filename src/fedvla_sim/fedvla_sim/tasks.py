@@ -1,9 +1,14 @@
 """Language-conditioned tabletop tasks: instructions, seeded initial layouts and success checks.
 
 Every task uses the same scene (red, green and blue blocks and a bowl), so only the
-instruction tells the policy what to do. A task is data plus two pure functions of object
-poses, so it can be checked without a renderer or ROS. "Left" means the left of the table as
-seen from the front camera (`agentview`), which is the world's -y side.
+instruction tells the policy what to do. A task is data plus pure functions of a `SceneState`
+(object poses and speeds, what the robot touches), so it can be checked without a renderer or ROS.
+"Left" means the left of the table as seen from the front camera (`agentview`), which is the
+world's -y side.
+
+Success means what a user would call done (like robosuite's Stack): a placed block is released
+(no robot geom touches it) and at rest, not still held above its goal; a picked-up block is held
+in the closed fingers.
 """
 from __future__ import annotations
 
@@ -23,7 +28,40 @@ BLOCK_CLEARANCE = 0.08  # block-to-block distance at the start
 LEFT_EDGE_Y = -0.22  # a pushed block counts as "at the left edge" past this y
 LIFT_HEIGHT = 0.1  # a block counts as "picked up" when its centre is this high
 
+REST_SPEED = 0.03  # m/s: an object slower than this counts as at rest
+
 Poses = dict[str, np.ndarray]  # object name -> (x, y, z, qw, qx, qy, qz)
+
+
+@dataclass(frozen=True)
+class SceneState:
+    """What a success check reads: object poses and speeds, and the robot's contacts with each object."""
+
+    poses: Poses = field(metadata={"help": "Object name -> (x, y, z, qw, qx, qy, qz)."})
+    speeds: dict[str, float] = field(default_factory=dict, metadata={"help": "Object name -> linear speed, m/s."})
+    finger_contacts: dict[str, int] = field(default_factory=dict, metadata={
+        "help": "Object name -> how many fingers (0, 1, 2) touch it."})
+    robot_contacts: frozenset[str] = field(default=frozenset(), metadata={
+        "help": "Objects any robot geom (fingers, hand, links) touches."})
+
+
+def released(state: SceneState, obj: str) -> bool:
+    """No part of the robot touches `obj`."""
+    return obj not in state.robot_contacts
+
+
+def at_rest(state: SceneState, obj: str) -> bool:
+    return state.speeds.get(obj, 0.0) < REST_SPEED
+
+
+def grasped(state: SceneState, obj: str) -> bool:
+    """Both fingers touch `obj`."""
+    return state.finger_contacts.get(obj, 0) >= 2
+
+
+def placed(state: SceneState, obj: str) -> bool:
+    """`obj` is let go of and still (the part of "done" that poses alone cannot tell)."""
+    return released(state, obj) and at_rest(state, obj)
 
 
 def in_bowl(poses: Poses, block: str) -> bool:
@@ -53,7 +91,7 @@ class Task:
 
     name: str = field(metadata={"help": "Registry key, e.g. 'put_red_block_in_bowl'."})
     phrasings: tuple[str, ...] = field(metadata={"help": "Ways to say the instruction; one is drawn per episode."})
-    success_fn: Callable[[Poses], bool] = field(metadata={"help": "Success check on object poses."})
+    success_fn: Callable[[SceneState], bool] = field(metadata={"help": "Success check on the scene state."})
     kind: str = field(default="pick_place", metadata={"help": "Expert recipe: pick_up | pick_place | stack | push | pick_place_two."})
     objects: tuple[str, ...] = field(default=(), metadata={"help": "Objects the expert manipulates, in order."})
     max_steps: int = field(default=120, metadata={"help": "Control steps (10 Hz) the expert and a policy get."})
@@ -67,8 +105,8 @@ class Task:
         if self.max_steps <= 0:
             raise ValueError("Task.max_steps must be positive")
 
-    def success(self, poses: Poses) -> bool:
-        return self.success_fn(poses)
+    def success(self, state: SceneState) -> bool:
+        return bool(self.success_fn(state))
 
     def sample_layout(self, rng: np.random.Generator) -> dict[str, tuple[float, float, float]]:
         """(x, y, yaw) of every object, drawn from `rng` (deterministic for a seeded generator)."""
@@ -118,29 +156,31 @@ def _put_in_bowl(color: str) -> Task:
         name=f"put_{color}_block_in_bowl",
         phrasings=(f"put the {color} block in the bowl", f"place the {color} cube into the bowl",
                    f"drop the {color} block into the bowl", f"move the {color} block to the bowl"),
-        success_fn=lambda p: in_bowl(p, block), kind="pick_place", objects=(block, "bowl"), max_steps=100)
+        success_fn=lambda s: in_bowl(s.poses, block) and placed(s, block), kind="pick_place", objects=(block, "bowl"), max_steps=100)
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task(name="pick_up_green_block",
          phrasings=("pick up the green block", "lift the green cube", "grab the green block and lift it",
                     "raise the green block off the table"),
-         success_fn=lambda p: lifted(p, "green_block"), kind="pick_up", objects=("green_block",), max_steps=70),
+         success_fn=lambda s: lifted(s.poses, "green_block") and grasped(s, "green_block"), kind="pick_up", objects=("green_block",), max_steps=70),
     _put_in_bowl("red"),
     _put_in_bowl("blue"),
     Task(name="stack_red_on_green",
          phrasings=("stack the red block on the green block", "put the red cube on top of the green cube",
                     "place the red block onto the green one", "stack red on green"),
-         success_fn=lambda p: on_top_of(p, "red_block", "green_block"), kind="stack",
+         success_fn=lambda s: (on_top_of(s.poses, "red_block", "green_block") and placed(s, "red_block")
+                               and at_rest(s, "green_block")), kind="stack",
          objects=("red_block", "green_block"), max_steps=100),
     Task(name="push_blue_block_left",
          phrasings=("push the blue block to the left edge", "slide the blue cube to the left side of the table",
                     "push the blue block left", "shove the blue block over to the left"),
-         success_fn=lambda p: at_left_edge(p, "blue_block"), kind="push", objects=("blue_block",), max_steps=90),
+         success_fn=lambda s: at_left_edge(s.poses, "blue_block") and placed(s, "blue_block"), kind="push", objects=("blue_block",), max_steps=90),
     Task(name="put_red_and_green_in_bowl",
          phrasings=("put the red and green blocks in the bowl", "place both the red and the green cube into the bowl",
                     "put the red block and then the green block in the bowl"),
-         success_fn=lambda p: in_bowl(p, "red_block") and in_bowl(p, "green_block"), kind="pick_place_two",
+         success_fn=lambda s: all(in_bowl(s.poses, b) and placed(s, b) for b in ("red_block", "green_block")),
+         kind="pick_place_two",
          objects=("red_block", "green_block", "bowl"), max_steps=190),
 ]}
 

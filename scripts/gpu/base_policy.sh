@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# On the GPU machine: demonstrations at scale, training and held-out evaluation of checkpoints/panda_base.
+# Prepared here by scripts/gpu/prepare_base_carry.sh; device run, carry [.gl, .carry_base]:
+#   PHASES="record_panda train_bg record_mw eval_old" bash scripts/gpu/base_policy.sh   # call 1
+#   PHASES="wait_train eval_new" bash scripts/gpu/base_policy.sh                        # call 2, right after
+# train_bg starts the training variants in their own process session (setsid), so they outlive call 1 and
+# train while the CPU records Meta-World and evaluates the old base; call 2 (the machine stays warm and
+# keeps data/ while calls follow each other) waits for them. PHASES="record eval_old train eval_new" does
+# the same one step after the other.
+# Each phase skips what is already done (episodes on disk, trained variants, written evals), so a call
+# cut off at its limit is resumed by calling the same phase again. Work lives in data/base (demos,
+# variants, evals) on the machine; only small results go to $OUT (at most 8 files, each < 16 MB).
+# Knobs: EPISODES (200 per task), EVAL_SEEDS (50), TRAIN_S (time guard per variant; the variants train at
+# once), VARIANTS ("name:fedvla-train flags;...": give each --max-steps so its cosine schedule ends within
+# TRAIN_S), WORKERS (one per core), EVAL_TASKS and PHRASINGS (default: all tasks, both phrasing sets).
+set -euo pipefail
+t0=$SECONDS
+log() { echo "[base $(date -u +%H:%M:%S) +$((SECONDS - t0))s] $*"; }
+# --- environment: carried wheels, EGL loader, assets, instruction embeddings ---------------------------------
+if [ -d .gl ] && ! ldconfig -p | grep -q libEGL.so.1; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
+if ! python3 -c "import mujoco" 2>/dev/null && [ ! -d /tmp/site/mujoco ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .carry_base/whl/*.whl 2>&1 | grep -v "WARNING: Target directory" || true
+fi
+# The policy and episode packages come from the commit snapshot in .carry_base/head when there is one (what
+# was committed when the carry was prepared), so other engineers' half-done edits never travel into a run.
+HEAD_SRC=$PWD/src; [ -d .carry_base/head/src ] && HEAD_SRC=$PWD/.carry_base/head/src
+export PYTHONPATH=/tmp/site:$PWD/.carry_base/mw_site:$HEAD_SRC/fedvla_policy:$PWD/src/fedvla_sim:$HEAD_SRC/fedvla_fed_client
+export MUJOCO_GL=egl PYOPENGL_PLATFORM=egl PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+[ -f /usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json ] && \
+  export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+export FEDVLA_PANDA_ASSETS=$PWD/.carry_base/franka_assets FEDVLA_LANGUAGE_CACHE=$PWD/.carry_base/lang_cache.pt
+export AMENT_PREFIX_PATH=$PWD/.carry_base/ros
+OUT=${OUT:-out}; mkdir -p "$OUT"
+WORK=${WORK:-data/base}; mkdir -p "$WORK"
+WORKERS=${WORKERS:-$(nproc)}
+EPISODES=${EPISODES:-200}; EVAL_SEEDS=${EVAL_SEEDS:-50}; TRAIN_S=${TRAIN_S:-420}
+VARIANTS=${VARIANTS:-"b256:--batch-size 256 --lr 6e-4 --max-steps 6000;b512:--batch-size 512 --lr 1e-3 --max-steps 3500"}
+BASE_FLAGS="--model relative_action_dims=7 --model image_shift_aug=4 --model vision_stem=conv \
+  --model spatial_keypoints=32 --model iosp_topk=16 --model proprio_dropout=0.3 --no-progress"
+EVAL_FLAGS=""
+[ -n "${EVAL_TASKS:-}" ] && EVAL_FLAGS="$EVAL_FLAGS --tasks $EVAL_TASKS"
+[ -n "${PHRASINGS:-}" ] && EVAL_FLAGS="$EVAL_FLAGS --phrasings $PHRASINGS"
+SIM="python3 -m fedvla_sim.cli"
+# Cores left for sims while training variants run in the background (2 cores kept for each).
+free_workers() { local n=$WORKERS; [ -f "$WORK/train.pids" ] && n=$((WORKERS - 2 * $(wc -l < "$WORK/train.pids"))); echo $((n > 0 ? n : 1)); }
+filter() { grep -v -e "EGLError" -e "Exception ignored" -e "glCheckError" -e "Loading weights" -e "it/s]" -e "ep/s]" || true; }
+
+for phase in ${PHASES:-record eval_old train eval_new}; do
+  log "phase $phase"
+  case $phase in
+  record|record_panda|record_mw)
+    case $phase in record_panda) sel="--tasks $(python3 -c "from fedvla_sim.tasks import TASKS; print(' '.join('panda/' + t for t in TASKS))")";;
+                   record_mw) sel="--tasks $(python3 -c "from fedvla_sim.metaworld_env import METAWORLD_TASKS as T; print(' '.join('metaworld/' + t for t in T))")" \
+                              ; [ -f "$WORK/train.pids" ] && sel="$sel --workers $(free_workers)";;
+                   *) sel="";; esac
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/device.txt" || true
+    # shellcheck disable=SC2086
+    $SIM record-suite --episodes "$EPISODES" --workers "$WORKERS" --out "$WORK/demos" \
+      --manifest "$WORK/demos/manifest_$phase.json" ${RECORD_FLAGS:-} $sel 2>&1 | filter | tee "$WORK/$phase.log"
+    du -sh "$WORK"/demos/*/* | tee -a "$WORK/$phase.log"
+    cp "$WORK/demos/manifest_$phase.json" "$WORK/$phase.log" "$OUT/";;
+  eval_old)
+    free=$(free_workers)
+    [ -f "$WORK/old_base_eval.json" ] || $SIM eval-suite --checkpoint checkpoints/panda_base --seeds "$EVAL_SEEDS" $EVAL_FLAGS \
+      --workers "$free" --out "$WORK/old_base_eval.json" --media-dir "$WORK/media_old" 2>&1 | filter | tee "$WORK/eval_old.log"
+    cp "$WORK/old_base_eval.json" "$OUT/"
+    [ -d "$WORK/media_old" ] && tar czf "$OUT/media_old.tgz" -C "$WORK" media_old;;
+  train|train_bg|wait_train)
+    IFS=';' read -ra specs <<< "$VARIANTS"
+    if [ "$phase" != wait_train ]; then
+      : > "$WORK/train.pids"
+      for spec in "${specs[@]}"; do
+        name=${spec%%:*}; flags=${spec#*:}
+        [ -f "$WORK/variants/$name/config.json" ] && continue
+        echo "python3 -m fedvla_policy.train_cli --episodes $WORK/demos/panda/* --output $WORK/variants/$name \
+--device ${TRAIN_DEVICE:-cuda} --max-time-s $TRAIN_S $BASE_FLAGS $flags" > "$WORK/$name.train.cmd"
+        # shellcheck disable=SC2086
+        setsid bash "$WORK/$name.train.cmd" > "$WORK/$name.train.log" 2>&1 < /dev/null &
+        echo $! >> "$WORK/train.pids"
+      done
+      log "training $(wc -l < "$WORK/train.pids") variant(s): $VARIANTS"
+    fi
+    if [ "$phase" != train_bg ]; then
+      for spec in "${specs[@]}"; do
+        name=${spec%%:*}
+        while [ ! -f "$WORK/variants/$name/metrics.json" ] && pgrep -f -- "--output $WORK/variants/$name " >/dev/null; do
+          sleep 5; done
+        tail -2 "$WORK/$name.train.log"
+      done
+      rm -f "$WORK/train.pids"
+    fi;;
+  eval_new)
+    IFS=';' read -ra specs <<< "$VARIANTS"
+    n=${#specs[@]}
+    for spec in "${specs[@]}"; do
+      name=${spec%%:*}
+      [ -f "$WORK/$name.eval.json" ] || $SIM eval-suite --checkpoint "$WORK/variants/$name" --seeds "$EVAL_SEEDS" $EVAL_FLAGS \
+        --workers $(( (WORKERS + n - 1) / n )) --out "$WORK/$name.eval.json" --media-dir "$WORK/media_$name" \
+        > "$WORK/$name.eval.log" 2>&1 &
+    done
+    wait
+    best=$(python3 - "$WORK" "${specs[@]%%:*}" <<'PY'
+import json, sys
+work, names = sys.argv[1], sys.argv[2:]
+rows = []
+for name in names:
+    try:
+        r = json.load(open(f"{work}/{name}.eval.json"))
+    except FileNotFoundError:
+        continue
+    print(name, round(r["mean_success"], 3), r.get("mean_success_by_phrasing"),
+          {k: round(v, 2) for k, v in r["per_task_success"].items()}, file=sys.stderr)
+    rows.append((r["mean_success"], name))
+print(max(rows)[1])
+PY
+)
+    log "best: $best"
+    python3 - "$WORK/variants/$best" "$OUT/panda_base" <<'PY'
+import sys
+from fedvla_policy.model import FedVLAPolicy
+FedVLAPolicy.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2], max_shard_size="12MB")
+PY
+    echo "$best" > "$WORK/best.txt"
+    # panda_base/ (4 files) + this tarball: the chosen variant's eval.json, train log and metrics are in it
+    tar czf "$OUT/evals_media.tgz" -C "$WORK" best.txt $(cd "$WORK" && ls *.eval.json *.eval.log *.train.log *.train.cmd \
+      variants/*/metrics.json; ls -d media_* 2>/dev/null | grep -v media_old);;
+  *) echo "unknown phase $phase"; exit 2;;
+  esac
+done
+log "done"
