@@ -199,8 +199,8 @@ def trunk_fns(prep: dict, bs: int) -> tuple[callable, callable]:
         policy.train()
         x = seq.clone().requires_grad_(True)
         with amp():
-            out, aux = policy.trunk(x)
-            loss = out.float().pow(2).mean() + aux
+            out = policy.trunk(x)
+            loss = out.hidden.float().pow(2).mean() + out.aux_loss
         loss.backward()
         policy.zero_grad(set_to_none=True)
 
@@ -342,8 +342,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5, help="Untimed warm-up iterations (default: 5).")
     p.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (default: 1; stable on a shared box).")
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="Autocast dtype (default: fp32 cpu, bf16 cuda).")
-    p.add_argument("--dispatch", nargs="+", default=None, choices=["auto", "loop", "grouped"],
-                   help="Expert dispatch(es) to time: per-expert loop, grouped GEMM, auto (grouped on Hopper + bf16). "
+    p.add_argument("--dispatch", nargs="+", default=None, choices=["auto", "loop", "grouped", "dense"],
+                   help="Expert dispatch(es) to time: per-expert loop, grouped GEMM, dense (every expert on every "
+                        "token, masked: static shapes), auto (dense on CUDA, loop on the CPU). "
                         "Default: loop on cpu; loop and grouped on cuda.")
     p.add_argument("--dgmoe-threshold-init", type=float, default=None,
                    help="DGMoE initial threshold logit w_e (default: FedVLAConfig's). Recorded in the rows.")

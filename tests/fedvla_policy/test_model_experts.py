@@ -180,3 +180,87 @@ def test_grouped_gemm_dispatch_matches_the_loop(cls, monkeypatch):
         else:
             torch.testing.assert_close(other, grad, rtol=1e-4, atol=1e-5)
     assert results["loop"][1]["experts.3.w1.weight"] is None
+
+
+def _reference_per_token(moe, x: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+    """Each token on its own, written from the papers' formulas: route it, run its chosen experts, mix."""
+    rows = []
+    for t in range(x.shape[0]):
+        xt = x[t]
+        logits = moe.gate(xt)
+        if isinstance(moe, DGMoE):
+            if prior is not None:
+                logits = logits + moe.prior(prior[t])
+            s = logits.softmax(-1)
+            theta = moe.lam * torch.sigmoid(moe.threshold)
+            chosen = [e for e in range(moe.n_experts) if s[e] > theta[e]] or [int(s.argmax())]
+            total = sum(s[e] for e in chosen)
+            rows.append(sum(s[e] * moe.experts[e](xt) for e in chosen) / total)
+            continue
+        p = logits.softmax(-1)
+        top = torch.topk(p, moe.top_k).indices.tolist()
+        if isinstance(moe, AdaMoE):
+            scale = moe.scale_adapter(xt)
+            routed = sum((p[e] + scale[e]) * moe.experts[e](xt) for e in top)
+            rows.append(0.5 * moe.shared(xt) + 0.5 * routed)
+        else:
+            rows.append(sum(p[e] * moe.experts[e](xt) for e in top))
+    return torch.stack(rows)
+
+
+def _run(moe, x, prior, mode):
+    from fedvla_policy.model.experts import dispatch_mode
+
+    moe.zero_grad(set_to_none=True)
+    moe.reset_stats()
+    with dispatch_mode(mode):
+        out = moe(x, prior)
+    (out.y.square().sum() + out.aux_loss).backward()
+    grads = {n: None if p.grad is None else p.grad.clone() for n, p in moe.named_parameters()}
+    return out, grads, moe.expert_counts(), moe.tokens_seen()
+
+
+@pytest.mark.parametrize("cls", [DGMoE, TopKMoE, AdaMoE])
+def test_dense_dispatch_equals_a_per_token_reference_and_the_sparse_path(cls):
+    """The static-shape dispatch (every expert on every token, masked) gives the per-token loop's outputs,
+    and the sparse dispatch's routing counts, aux loss and gradients (zero, not None, for an idle expert)."""
+    torch.manual_seed(0)
+    kw = {"shared_hidden": 16} if cls is AdaMoE else {}
+    moe = cls(16, 4, 32, **kw)
+    if cls is AdaMoE:
+        torch.nn.init.normal_(moe.scale_adapter.weight, std=0.5)  # make the decoupled weighting matter
+    with torch.no_grad():
+        moe.gate.weight[3] = -50.0  # with positive inputs, expert 3 is never chosen
+    x = torch.rand(3, 11, 16) + 0.1
+    prior = torch.randn(3, 11, 4) if cls is DGMoE else None
+    dense, dense_grads, dense_counts, dense_tokens = _run(moe, x, prior, "dense")
+    with torch.no_grad():
+        reference = _reference_per_token(moe, x.reshape(-1, 16), None if prior is None else prior.reshape(-1, 4))
+    torch.testing.assert_close(dense.y.reshape(-1, 16), reference, rtol=1e-5, atol=1e-6)
+    sparse, sparse_grads, sparse_counts, sparse_tokens = _run(moe, x, prior, "sparse")
+    torch.testing.assert_close(dense.y, sparse.y, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dense.aux_loss, sparse.aux_loss)
+    torch.testing.assert_close(dense.gate_logits, sparse.gate_logits)
+    assert dense_counts == sparse_counts and dense_counts[3] == 0 and sum(dense_counts) >= 33
+    assert dense_tokens == sparse_tokens == 33
+    assert dense.counts.tolist() == dense_counts
+    for name, grad in sparse_grads.items():
+        if grad is None:
+            assert name.startswith("experts.3."), name  # the idle expert: never run on the sparse path
+            torch.testing.assert_close(dense_grads[name], torch.zeros_like(dense_grads[name]))
+        else:
+            torch.testing.assert_close(dense_grads[name], grad, rtol=1e-4, atol=1e-6)
+    if cls is DGMoE:
+        assert sparse_grads["threshold"].abs().sum() > 0  # the straight-through surrogate reaches w_e on both
+
+
+def test_dispatch_mode_rejects_unknown_and_restores():
+    from fedvla_policy.model import experts as experts_module
+
+    before = experts_module.DISPATCH
+    with experts_module.dispatch_mode("dense"):
+        assert experts_module.DISPATCH == "dense"
+    assert experts_module.DISPATCH == before
+    with pytest.raises(ValueError, match="unknown mode"):
+        with experts_module.dispatch_mode("fastest"):
+            pass

@@ -187,3 +187,111 @@ def test_non_finite_gradient_norm_is_caught_without_clipping():
     handle.remove()
     assert info.value.what == "grad_norm" and not np.isfinite(info.value.value)
     assert all(torch.equal(p.detach(), before[n]) for n, p in policy.named_parameters())
+
+
+def test_device_dataset_batches_equal_collated_samples():
+    from fedvla_policy.device_data import DeviceDataset
+
+    ds = TinyEpisodes(n=10)
+    policy = tiny_policy()
+    data = DeviceDataset.from_dataset(ds, "cpu", policy.language_encoder, block=3)  # blocks cross sample borders
+    assert len(data) == 10 and data.instructions == ["open the drawer", "pick up the cube"]
+    idx = torch.tensor([7, 0, 3, 3])
+    batch = data.gather(idx)
+    ref = collate_samples([ds[i] for i in idx.tolist()])
+    for key in ("images", "proprio", "actions", "action_is_pad"):
+        assert torch.equal(batch[key], ref[key]), key
+    assert batch["images"].dtype == torch.uint8
+    assert data.instruction_texts(batch) == ref["instruction"]
+    pooled, tokens, mask = policy.language_encoder.encode(ref["instruction"])
+    torch.testing.assert_close(batch["lang_pooled"], pooled)
+    width = tokens.shape[1]
+    torch.testing.assert_close(batch["lang_tokens"][:, :width], tokens)
+    assert torch.equal(batch["lang_mask"][:, :width], mask) and not batch["lang_mask"][:, width:].any()
+    # The policy reads the gathered language features exactly as it would compute them.
+    policy.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(policy.predict_action_chunk(batch), policy.predict_action_chunk(ref))
+    stats, generic = data.stats(relative_action_dims=1), compute_normalization(ds, relative_action_dims=1)
+    for key in stats:
+        torch.testing.assert_close(stats[key], generic[key])
+
+
+def test_index_stream_gives_full_batches_and_covers_every_sample():
+    from fedvla_policy.device_data import IndexStream
+
+    stream = IndexStream(10, 4, seed=3, device="cpu")
+    batches = [stream.next() for _ in range(10)]  # 40 draws = 4 epochs
+    assert all(b.shape == (4,) for b in batches)
+    counts = torch.bincount(torch.cat(batches), minlength=10)
+    assert counts.tolist() == [4] * 10
+    again = IndexStream(10, 4, seed=3, device="cpu")
+    assert all(torch.equal(b, again.next()) for b in batches)  # seeded
+    assert IndexStream(3, 8, seed=0, device="cpu").next().sort().values.tolist() == [0, 1, 2]  # batch <= dataset
+
+
+@pytest.mark.parametrize("kind", ["dgmoe", "topk", "dense", "adamoe"])
+def test_training_forward_is_one_graph_for_torch_compile(kind):
+    """No graph break in forward + loss on a gathered batch (augmentation on): compile and CUDA graphs see one graph."""
+    from fedvla_policy.device_data import DeviceDataset
+
+    policy = tiny_policy(kind, image_shift_aug=2, proprio_dropout=0.2)
+    data = DeviceDataset.from_dataset(TinyEpisodes(), "cpu", policy.language_encoder)
+    policy.train()
+
+    def forward_loss(batch):
+        out = policy(batch)
+        return out["loss"], out["expert_stats"]
+
+    explained = torch._dynamo.explain(forward_loss)(data.gather(torch.arange(4)))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
+def test_expert_stats_from_the_forward_equal_the_recorded_counts():
+    ds = TinyEpisodes()
+    policy = tiny_policy()
+    policy.train()
+    out = policy(collate_samples([ds[i] for i in range(4)]))
+    recorded = {n: m.expert_counts() for n, m in policy.named_modules() if n in out["expert_stats"]}
+    assert set(recorded) == {"trunk.layers.0.ffn", "trunk.layers.1.ffn", "stem.iosp.refiners.0",
+                             "stem.iosp.refiners.1", "stem.iosp.refiners.2"}
+    assert all(out["expert_stats"][n].counts.tolist() == c for n, c in recorded.items())
+    policy.record_expert_stats(out["expert_stats"])  # what a compiled step does: counts double
+    assert policy.expert_counts() == [[2 * c for c in counts] for counts in
+                                      (recorded["trunk.layers.0.ffn"], recorded["trunk.layers.1.ffn"])]
+
+
+def test_a_late_non_finite_step_is_never_applied_even_between_host_checks():
+    """With sync_every > 1 the host looks only every few steps; the fused AdamW skips the bad step on the
+    device, so the weights after the error are exactly those of the last good step."""
+    ds = TinyEpisodes()
+    cfg = dict(batch_size=4, lr=1e-3, warmup=0, progress=False, device="cpu", seed=5)
+    clean, snapshot = tiny_policy(seed=6), {}
+    train(clean, ds, TrainConfig(max_steps=8, eval_every=2, **cfg),  # same schedule; weights after step 2
+          eval_hook=lambda p, step: None if snapshot else snapshot.update({n: t.detach().clone() for n, t in p.named_parameters()}))
+    poisoned = tiny_policy(seed=6)
+    calls = []
+    param = next(poisoned.head.parameters())
+    param.register_hook(lambda g: g * float("inf") if len(calls.append(0) or calls) >= 3 else g)
+    with pytest.raises(NonFiniteLossError, match="step 3: grad_norm") as info:
+        train(poisoned, ds, TrainConfig(max_steps=8, sync_every=6, **cfg))
+    assert info.value.step == 3 and len(calls) == 6  # the loop ran on to the host check at step 6
+    assert len(snapshot) > 0
+    for name, b in poisoned.named_parameters():
+        assert torch.equal(snapshot[name], b), name
+
+
+def test_train_accepts_a_device_dataset_and_reports_its_engine():
+    from fedvla_policy.device_data import DeviceDataset
+
+    policy = tiny_policy(kind="dense")
+    data = DeviceDataset.from_dataset(TinyEpisodes(), "cpu", policy.language_encoder)
+    metrics = train(policy, data, TrainConfig(max_steps=3, batch_size=16, progress=False, device="cpu",
+                                              cpu_threads=1))
+    assert metrics["samples_seen"] == 3 * 8  # the batch is at most the dataset
+    engine = metrics["engine"]
+    assert engine["compiled"] is False and engine["fused_adamw"] is True and engine["batch_size"] == 8
+    assert engine["data_device"] == "cpu" and engine["threads"] == 1 and engine["sync_every"] == 1
+    with pytest.raises(ValueError, match="TrainConfig.compile"):
+        TrainConfig(compile="maybe")

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     policy.save_pretrained(out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("engine: %s", metrics.get("engine"))
     log.info("loss %.4f after %d steps (%.1f s), %.2f experts/token; saved to %s", metrics["loss"],
              metrics["steps"], metrics["wall_time_s"], metrics["mean_active_experts"], out)
     return 0

@@ -1,29 +1,51 @@
-"""One training loop for the FedVLA policy: centralized training and every federated client use it.
+"""One training loop for the FedVLA policy: fedvla-train, every federated client and the benchmarks use it.
 
-AdamW, linear warmup then cosine decay, gradient clipping, bf16 autocast on CUDA, seeds, a tqdm bar,
-periodic evaluation hooks. Federated variants are options of the same loop:
+AdamW (fused), linear warmup then cosine decay, gradient clipping, seeds, a tqdm bar, periodic
+evaluation hooks. Federated variants are options of the same loop:
   - FedProx: ``reference_trunk`` (the global trunk) + ``TrainConfig.prox_mu`` add mu/2 * ||w - w_global||^2;
   - FedPart: ``trainable_groups`` freezes everything except the listed groups / trunk layers.
 Expert activation counts are reset at the start, so after ``train`` returns,
 ``policy.expert_counts()`` describes exactly this training run (what Expert-Driven Aggregation needs).
+
+Why it is fast (the engine):
+  - the dataset is read once onto the training device (fedvla_policy.device_data.DeviceDataset):
+    uint8 images, one language-table row per unique instruction; a batch is an index gather;
+  - the step never waits for the host: the MoE dispatch has static shapes (experts.py "dense"),
+    losses are logged into a device tensor, the non-finite guard is a device flag that the fused
+    AdamW reads as ``found_inf`` (a bad step is never applied), and the host looks at the flag and
+    the losses every ``sync_every`` steps;
+  - on CUDA: bf16 autocast, channels_last convolutions, and ``torch.compile`` of forward + loss
+    (mode "reduce-overhead" = CUDA graphs; possible because every shape is static);
+  - on the CPU (a robot's 2 cores): eager fp32 with the sparse MoE dispatch (FLOPs cost there, host
+    syncs do not), a small thread count (``cpu_threads``), a host check of the guard every step.
 """
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from .device_data import DeviceDataset, IndexStream
 from .model import FedVLAPolicy
+from .model.experts import DISPATCH_MODES, dispatch_mode
+
+log = logging.getLogger(__name__)
+
+#: compile="auto" compiles on CUDA for runs of at least this many steps (compiling takes a minute or so).
+COMPILE_MIN_STEPS = 300
+COMPILE_CHOICES = ("auto", "on", "off")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,14 +68,13 @@ class TrainConfig:
 
     epochs: int = field(default=1, metadata={"help": "Passes over the dataset (used when max_steps is 0)."})
     max_steps: int = field(default=0, metadata={"help": "Optimizer steps to run; 0 = epochs * batches per epoch."})
-    batch_size: int = field(default=32, metadata={"help": "Samples per optimizer step."})
+    batch_size: int = field(default=32, metadata={"help": "Samples per optimizer step (at most the dataset's size)."})
     lr: float = field(default=3e-4, metadata={"help": "Peak AdamW learning rate."})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
     warmup: int = field(default=20, metadata={"help": "Linear warmup steps before the cosine decay."})
     grad_clip: float = field(default=1.0, metadata={"help": "Max global gradient norm; 0 disables clipping."})
     seed: int = field(default=0, metadata={"help": "Seed of python, numpy, torch and the data order."})
     amp: bool = field(default=True, metadata={"help": "bf16 autocast when training on CUDA (ignored on CPU)."})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     eval_every: int = field(default=0, metadata={"help": "Call eval_hook every this many steps (0: only at the end)."})
     device: str = field(default="auto", metadata={"help": "Torch device; 'auto' = cuda when available, else cpu."})
     prox_mu: float = field(default=0.0, metadata={"help": "FedProx proximal weight mu (needs reference_trunk)."})
@@ -63,6 +84,22 @@ class TrainConfig:
     max_time_s: float = field(default=0.0, metadata={"help": "Stop after this many seconds of training (0 = no limit); "
                                                               "a guard for time-boxed runs, the schedule is not shortened."})
     loss_window: int = field(default=20, metadata={"help": "Steps averaged into the reported final loss."})
+    compile: str = field(default="auto", metadata={
+        "help": f"torch.compile forward+loss: on | off | auto (on for CUDA runs of >= {COMPILE_MIN_STEPS} steps; "
+                "off on the CPU, where compiling costs more than a robot's short rounds gain)."})
+    compile_mode: str = field(default="reduce-overhead", metadata={
+        "help": "torch.compile mode; 'reduce-overhead' replays the step as CUDA graphs (static shapes make that "
+                "possible), 'default' fuses kernels only."})
+    moe_dispatch: str = field(default="auto", metadata={
+        "help": "MoE expert dispatch: auto (dense on CUDA or compiled, sparse on the CPU) | dense (every expert on "
+                "every token, masked: static shapes, no host sync) | sparse (gather/scatter per expert)."})
+    channels_last: bool = field(default=True, metadata={
+        "help": "channels_last memory format for the vision convolutions on CUDA (ignored on CPU)."})
+    cpu_threads: int = field(default=0, metadata={
+        "help": "torch intra-op threads while training on the CPU (0 = leave torch's setting); restored after."})
+    sync_every: int = field(default=0, metadata={
+        "help": "Steps between host reads of the losses and the non-finite flag; 0 = 1 on the CPU (free there), "
+                "50 on CUDA (the GPU runs ahead meanwhile; a non-finite step is still never applied)."})
 
     def __post_init__(self):
         def need(cond: bool, name: str, why: str) -> None:
@@ -76,17 +113,29 @@ class TrainConfig:
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(self.warmup >= 0, "warmup", "must be >= 0")
         need(self.grad_clip >= 0, "grad_clip", "must be >= 0")
-        need(self.num_workers >= 0, "num_workers", "must be >= 0")
         need(self.eval_every >= 0, "eval_every", "must be >= 0")
         need(self.prox_mu >= 0, "prox_mu", "must be >= 0")
         need(self.loss_window >= 1, "loss_window", "must be >= 1")
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
              "must be auto, cpu, cuda[:n] or mps")
+        need(self.compile in COMPILE_CHOICES, "compile", f"must be one of {COMPILE_CHOICES}")
+        need(self.compile_mode in COMPILE_MODES, "compile_mode", f"must be one of {COMPILE_MODES}")
+        need(self.moe_dispatch in ("auto", "dense", "sparse"), "moe_dispatch", "must be auto, dense or sparse")
+        need(self.cpu_threads >= 0, "cpu_threads", "must be >= 0")
+        need(self.sync_every >= 0, "sync_every", "must be >= 0")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+    def resolved_compile(self, device: torch.device, total_steps: int) -> bool:
+        if self.compile == "auto":
+            return device.type == "cuda" and total_steps >= COMPILE_MIN_STEPS
+        return self.compile == "on"
+
+    def resolved_sync_every(self, device: torch.device) -> int:
+        return self.sync_every or (1 if device.type == "cpu" else 50)
 
 
 def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -158,23 +207,74 @@ def _trainable_names(policy: FedVLAPolicy, groups: Iterable[str | int] | None) -
     return chosen
 
 
-def _move(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+class _NonFiniteGuard:
+    """Device-side memory of the first non-finite step, read by the host only every few steps.
+
+    ``found_inf`` is the tensor the fused AdamW skips its update on (the GradScaler protocol): once a
+    step's loss or gradient norm is not finite it stays 1, so neither that step nor any later one is
+    applied, and :meth:`check` raises NonFiniteLossError naming the first bad step. The weights are
+    those of the last good step, whenever the host looks.
+    """
+
+    def __init__(self, device: torch.device):
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.found_inf = torch.zeros((), dtype=torch.float32, device=device)
+        self.first = torch.zeros(3, dtype=torch.float32, device=device)  # step, loss, grad norm
+
+    def update(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        loss, grad_norm = loss.detach().float(), grad_norm.detach().float()
+        now_bad = ~torch.isfinite(loss + grad_norm)  # a sum is finite only when both are
+        info = torch.stack([torch.full_like(loss, step), loss, grad_norm])
+        self.first = torch.where(now_bad & ~self.bad, info, self.first)
+        self.bad |= now_bad
+        self.found_inf.copy_(self.bad)
+
+    def check(self) -> None:
+        if bool(self.bad):
+            step, loss, grad_norm = self.first.tolist()
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(int(step), "loss", loss)
+            raise NonFiniteLossError(int(step), "grad_norm", grad_norm)
 
 
-def train(policy: FedVLAPolicy, dataset: Dataset, cfg: TrainConfig | None = None, *,
+def _adamw(params: list[torch.nn.Parameter], cfg: TrainConfig) -> tuple[torch.optim.Optimizer, bool]:
+    """(AdamW, fused?): fused (one multi-tensor kernel, and it honours found_inf) where torch has it."""
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.lr, fused=True), True
+    except (RuntimeError, ValueError, TypeError) as err:  # a device without the fused kernel
+        log.info("fused AdamW unavailable (%s); using the foreach implementation", err)
+        return torch.optim.AdamW(groups, lr=cfg.lr), False
+
+
+def _grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """The global gradient norm, clipping to max_norm when it is > 0 (no host sync either way)."""
+    if max_norm > 0:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    grads = [p.grad for p in params if p.grad is not None]
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads, foreach=True)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def train(policy: FedVLAPolicy, dataset: Dataset | DeviceDataset, cfg: TrainConfig | None = None, *,
           eval_hook: Callable[[FedVLAPolicy, int], dict[str, float] | None] | None = None,
           reference_trunk: dict[str, torch.Tensor] | None = None,
           trainable_groups: Iterable[str | int] | None = None) -> dict[str, Any]:
-    """Train `policy` in place on a map-style dataset of single samples; returns metrics.
+    """Train `policy` in place on a map-style dataset of single samples (or a DeviceDataset); returns metrics.
 
-    The policy is moved to the configured device and left there, in eval mode, with every
-    parameter's requires_grad restored.
+    The dataset is read once onto the training device (DeviceDataset.from_dataset); pass a
+    DeviceDataset built for that device to skip the copy. The policy is moved to the configured
+    device and left there, in eval mode, with every parameter's requires_grad restored.
 
     eval_hook(policy, step) is called every `eval_every` steps and once at the end (the policy is in
     eval mode during the call); the dicts it returns are collected under "evals".
+    Raises NonFiniteLossError when a step's loss or gradient norm is not finite (that step is not applied).
     Returns: loss (mean of the last `loss_window` steps), first_loss, action_loss, aux_loss, steps,
-    num_examples, samples_seen, wall_time_s, mean_active_experts, expert_counts, lr, evals.
+    num_examples, samples_seen, wall_time_s, mean_active_experts, expert_counts, lr, evals, config,
+    engine (what ran: compiled, dispatch, amp, data placement, ...).
     """
     cfg = cfg or TrainConfig()
     if len(dataset) == 0:
@@ -183,43 +283,78 @@ def train(policy: FedVLAPolicy, dataset: Dataset, cfg: TrainConfig | None = None
         raise ValueError("train: TrainConfig.prox_mu > 0 needs reference_trunk (the global trunk)")
     seed_everything(cfg.seed)
     device = cfg.resolved_device()
-    policy.to(device)
+    threads_before = torch.get_num_threads()
+    if device.type == "cpu" and cfg.cpu_threads and cfg.cpu_threads != threads_before:
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        return _train(policy, dataset, cfg, device, eval_hook, reference_trunk, trainable_groups)
+    finally:
+        if torch.get_num_threads() != threads_before:
+            torch.set_num_threads(threads_before)
 
+
+def _train(policy, dataset, cfg: TrainConfig, device: torch.device, eval_hook, reference_trunk, trainable_groups):
+    policy.to(device)
     if cfg.fit_normalization and not policy.has_normalization:
         stats = compute_normalization(dataset, policy.config.relative_action_dims)
         policy.set_normalization(stats["action_mean"], stats["action_std"], stats["proprio_mean"], stats["proprio_std"])
+
+    t_data = time.perf_counter()
+    if isinstance(dataset, DeviceDataset):
+        data = dataset
+        if data.device != device:
+            raise ValueError(f"train: the DeviceDataset is on {data.device}, training runs on {device}")
+    else:
+        data = DeviceDataset.from_dataset(dataset, device, policy.language_encoder)
+    data_s = time.perf_counter() - t_data
+    stream = IndexStream(len(data), cfg.batch_size, cfg.seed, device)
+    total_steps = cfg.max_steps or cfg.epochs * math.ceil(len(data) / cfg.batch_size)
+    compiled = cfg.resolved_compile(device, total_steps)
+    cudagraphs = compiled and device.type == "cuda" and cfg.compile_mode in ("reduce-overhead", "max-autotune")
+    use_amp = cfg.amp and device.type == "cuda"
+    channels_last = cfg.channels_last and device.type == "cuda"
+    sync_every = cfg.resolved_sync_every(device)
 
     trainable = _trainable_names(policy, trainable_groups)
     saved_flags = {n: p.requires_grad for n, p in policy.named_parameters()}
     for n, p in policy.named_parameters():
         p.requires_grad_(n in trainable)
+    if channels_last:
+        policy.use_channels_last(True)  # before the optimizer: it converts the conv weights in place
     params = [p for n, p in policy.named_parameters() if n in trainable]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
-                                  fused=device.type == "cuda")
-
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                        collate_fn=collate_samples, drop_last=False, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(cfg.seed), persistent_workers=cfg.num_workers > 0)
-    total_steps = cfg.max_steps or cfg.epochs * math.ceil(len(dataset) / cfg.batch_size)
+    optimizer, fused = _adamw(params, cfg)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup, max(total_steps - 1, 0)), total_steps)
+    guard = _NonFiniteGuard(device)
+    if fused:
+        optimizer.found_inf = guard.found_inf  # read by the fused kernel: a non-finite step is skipped on device
+    else:
+        sync_every = 1  # no device-side skip: the host must look before every step
 
-    prox_ref = None
+    prox_ref = prox_params = None
     if reference_trunk is not None and cfg.prox_mu > 0:
         trunk = policy.parameter_group("trunk")
         prox_ref = {n: torch.as_tensor(t).to(device, torch.float32) for n, t in reference_trunk.items() if n in trunk}
         prox_params = {n: trunk[n] for n in prox_ref}
 
-    use_amp = cfg.amp and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+    def forward_loss(batch: dict[str, torch.Tensor]):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = policy(batch)
+        loss = out["loss"]
+        if prox_ref is not None:
+            prox = sum(((prox_params[n].float() - ref) ** 2).sum() for n, ref in prox_ref.items())
+            loss = loss + 0.5 * cfg.prox_mu * prox
+        return loss, out["action_loss"], out["aux_loss"], out["expert_stats"]
+
+    step_fn = torch.compile(forward_loss, mode=cfg.compile_mode, dynamic=False) if compiled else forward_loss
     policy.reset_expert_stats()
     policy.train()
+
+    evals: list[dict[str, Any]] = []
 
     def run_eval(step: int) -> None:
         if eval_hook is None:
             return
+        guard.check()
         policy.eval()
         try:
             result = eval_hook(policy, step)
@@ -228,64 +363,68 @@ def train(policy: FedVLAPolicy, dataset: Dataset, cfg: TrainConfig | None = None
         if result:
             evals.append({"step": step, **result})
 
-    losses: list[float] = []
-    action_losses: list[float] = []
-    aux_losses: list[float] = []
-    evals: list[dict[str, Any]] = []
+    loss_log = torch.zeros(max(total_steps, 1), 3, device=device)  # loss, action loss, aux loss per step
     step, seen = 0, 0
     start = time.perf_counter()
     bar = tqdm(total=total_steps, disable=not cfg.progress, desc="train", leave=False)
+    dispatch = None if cfg.moe_dispatch == "auto" else cfg.moe_dispatch
     try:
-        while step < total_steps:
-            for batch in loader:
-                batch = _move(batch, device)
-                with autocast():
-                    out = policy(batch)
-                loss = out["loss"]
-                if prox_ref is not None:
-                    prox = sum(((prox_params[n].float() - ref) ** 2).sum() for n, ref in prox_ref.items())
-                    loss = loss + 0.5 * cfg.prox_mu * prox
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(step + 1, "loss", loss_value)
+        with dispatch_mode(dispatch):
+            while step < total_steps:
+                if cudagraphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                batch = data.gather(stream.next())
+                if compiled and step == 0:
+                    try:
+                        out = step_fn(batch)
+                    except Exception as err:  # noqa: BLE001 - a compiler failure must not lose the run
+                        log.warning("torch.compile failed (%s: %s); training eagerly", type(err).__name__, err)
+                        compiled = cudagraphs = False
+                        step_fn = forward_loss
+                        out = step_fn(batch)
+                else:
+                    out = step_fn(batch)
+                loss, action_loss, aux_loss, stats = out
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                # max_norm=inf measures without clipping, so a non-finite gradient is caught either way.
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf))
-                if not math.isfinite(grad_norm):
-                    optimizer.zero_grad(set_to_none=True)
-                    raise NonFiniteLossError(step + 1, "grad_norm", grad_norm)
+                grad_norm = _grad_norm(params, cfg.grad_clip)
+                guard.update(step + 1, loss, grad_norm)
+                loss_log[step] = torch.stack([loss.detach().float(), action_loss.float(), aux_loss.float()])
+                if compiled:
+                    policy.record_expert_stats(stats)  # the compiled graph does not touch module state
+                if (step + 1) % sync_every == 0 or step + 1 == total_steps:
+                    guard.check()  # raises before a non-finite step could be applied
+                    if cfg.progress:
+                        bar.set_postfix(loss=f"{float(loss_log[step, 0]):.4f}")
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                seen += len(batch["instruction"])
-                losses.append(loss_value)
-                action_losses.append(float(out["action_loss"]))
-                aux_losses.append(float(out["aux_loss"]))
+                seen += stream.batch_size
                 bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
                     run_eval(step)
-                if step >= total_steps:
-                    break
                 if cfg.max_time_s and time.perf_counter() - start > cfg.max_time_s:
                     total_steps = step  # time box reached: stop here
                     break
-        run_eval(step)
+            guard.check()
+            run_eval(step)
     finally:
         bar.close()
         for n, p in policy.named_parameters():
             p.requires_grad_(saved_flags[n])
+        if channels_last:
+            policy.use_channels_last(False)  # checkpoints hold contiguous tensors
         policy.eval()
 
+    history = loss_log[:step].cpu()
     window = cfg.loss_window
     return {
-        "loss": float(np.mean(losses[-window:])),
-        "first_loss": losses[0],
-        "action_loss": float(np.mean(action_losses[-window:])),
-        "aux_loss": float(np.mean(aux_losses[-window:])),
+        "loss": float(history[-window:, 0].mean()),
+        "first_loss": float(history[0, 0]),
+        "action_loss": float(history[-window:, 1].mean()),
+        "aux_loss": float(history[-window:, 2].mean()),
         "steps": step,
-        "num_examples": len(dataset),
+        "num_examples": len(data),
         "samples_seen": seen,
         "wall_time_s": time.perf_counter() - start,
         "mean_active_experts": policy.mean_active_experts(),
@@ -293,4 +432,9 @@ def train(policy: FedVLAPolicy, dataset: Dataset, cfg: TrainConfig | None = None
         "lr": cfg.lr,
         "evals": evals,
         "config": asdict(cfg),
+        "engine": {"compiled": compiled, "cuda_graphs": cudagraphs, "amp_bf16": use_amp,
+                   "channels_last": channels_last, "moe_dispatch": cfg.moe_dispatch, "fused_adamw": fused,
+                   "batch_size": stream.batch_size, "sync_every": sync_every,
+                   "data_device": str(data.storage_device), "data_bytes": data.nbytes(), "data_build_s": data_s,
+                   "threads": torch.get_num_threads() if device.type == "cpu" else None},
     }

@@ -129,13 +129,17 @@ class VisionPatchEncoder(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.position = nn.Parameter(torch.zeros(n_cameras, patches_per_camera, d_model))
         self.keypoints = SpatialKeypoints(d_model, n_keypoints, n_cameras) if n_keypoints else None
+        self.channels_last = False  # set by FedVLAPolicy.use_channels_last
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """images (B, n_cams, 3, S, S) in [-1, 1] -> (patch tokens (B, n_cams * P, d) camera-major,
         keypoint tokens (B, n_cams, d) or None)."""
         b, c = images.shape[:2]
         x = images.flatten(0, 1)
-        feats = self.conv(_with_coordinates(x) if self.stem == "conv" else x)  # (B*C, d, g, g)
+        x = _with_coordinates(x) if self.stem == "conv" else x
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats = self.conv(x)  # (B*C, d, g, g)
         tokens = self.norm(feats.flatten(2).transpose(1, 2))  # (B*C, P, d)
         tokens = tokens.reshape(b, c, -1, tokens.shape[-1]) + self.position
         keypoints = self.keypoints(feats, b) if self.keypoints is not None else None
@@ -273,6 +277,15 @@ class FrozenSentenceEncoder:
             tokens[i, :tok.shape[0]] = tok
             mask[i, :tok.shape[0]] = True
         return torch.stack([p for p, _ in items]), tokens, mask
+
+    def table(self, texts: list[str], device: torch.device | str = "cpu"
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every text's features once, padded to the longest: (pooled (U, D), tokens (U, T, D), mask (U, T)).
+
+        Training gathers rows of this table by instruction id, so a step never touches the cache
+        (nor MiniLM) and the token length T is the same in every batch (static shapes).
+        """
+        return self.encode(list(texts), device)
 
     def cache_size(self) -> int:
         return len(self._cache)

@@ -4,12 +4,24 @@ Every FFN here maps tokens ``x (..., d)`` (plus the previous layer's gate logits
 uses) to ``FFNOutput(y, gate_logits, aux_loss)``. Each keeps per-expert activation counts since
 the last ``reset_stats()``: they are what Expert-Driven Aggregation compares between clients.
 
-Sparsity is real: routing produces (token, expert, weight) triples, tokens are gathered per
-expert, run through that expert only, and scatter-added back (``index_add_``). An expert that
-receives no token is never called, so it costs nothing and its parameters get no gradient.
+Every router produces the same two static-shape tensors: the 0/1 assignment (N, E) and the
+combine weights (N, E), zero off the assignment. Two dispatches turn them into outputs:
+  - "sparse": (token, expert, weight) triples; tokens are gathered per expert, run through that
+    expert only and scatter-added back (``index_add_``). An expert that receives no token is never
+    called, so it costs nothing and its parameters get no gradient. The triples have a data-dependent
+    length, so this path reads the per-expert counts on the host (one sync per layer): right for the
+    CPU, where FLOPs are what costs.
+  - "dense": every expert runs on every token in two batched matmuls over the stacked expert
+    weights, and the weights mask and mix the results. Shapes never depend on the routing: no host
+    sync, one graph for torch.compile / CUDA graphs. With 4 experts the extra FLOPs cost less on a
+    GPU than the launches and syncs they save. Outputs and gradients equal the sparse path's, except
+    that an expert with no token gets a zero gradient instead of none.
+``dispatch_mode()`` picks one for a block of code; "auto" is dense on CUDA or under torch.compile,
+sparse otherwise. Parameter names do not depend on the dispatch (checkpoints load either way).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import NamedTuple
 
@@ -22,6 +34,15 @@ class FFNOutput(NamedTuple):
     y: torch.Tensor  # same shape as the input tokens
     gate_logits: torch.Tensor | None  # (..., n_experts) router logits, the next DGMoE layer's prior
     aux_loss: torch.Tensor  # scalar load-balance loss (0 for the dense FFN)
+    counts: torch.Tensor | None = None  # (n_experts,) tokens routed to each expert in this call
+    tokens: int = 0  # tokens in this call
+
+
+class ExpertStat(NamedTuple):
+    """One FFN call's routing statistics, for :meth:`ExpertFFN.record` outside a compiled region."""
+
+    counts: torch.Tensor  # (n_experts,)
+    tokens: int
 
 
 class Expert(nn.Module):
@@ -40,25 +61,70 @@ class Expert(nn.Module):
         return 2 * 2 * self.w1.in_features * self.w1.out_features
 
 
-# How routed tokens reach their experts: "loop" runs experts one by one (gather, MLP, scatter-add);
-# "grouped" runs all of them in two grouped GEMMs (torch._grouped_mm); "auto" picks grouped on a
-# Hopper-class GPU under bf16 autocast for up to GROUPED_MAX_ROWS routed rows, else loop. Measured on
-# an H200 (d=512, 4 experts of 1024): grouped fwd+bwd 3.4 ms vs loop 5.1 ms at 2.3k tokens, but
-# 9.2 ms vs 5.3 ms at 74k tokens (its backward does not scale as well as the per-expert GEMMs).
+# How routed tokens reach their experts (see the module doc): "auto" | "dense" | "sparse", plus the
+# older "loop" (= sparse) and "grouped" (sparse triples in two grouped GEMMs, torch._grouped_mm).
+# Measured on an H200 (d=512, 4 experts of 1024): grouped fwd+bwd 3.4 ms vs loop 5.1 ms at 2.3k
+# tokens, 9.2 ms vs 5.3 ms at 74k tokens. The environment variable sets the process default.
 DISPATCH = os.environ.get("FEDVLA_MOE_DISPATCH", "auto")
-GROUPED_MAX_ROWS = 32768
+DISPATCH_MODES = ("auto", "dense", "sparse", "loop", "grouped")
+
+
+@contextlib.contextmanager
+def dispatch_mode(mode: str | None):
+    """Use this dispatch inside the block (None: keep the current one); restores the previous one."""
+    global DISPATCH
+    if mode is None:
+        yield
+        return
+    if mode not in DISPATCH_MODES:
+        raise ValueError(f"moe dispatch: unknown mode {mode!r}; use one of {DISPATCH_MODES}")
+    before, DISPATCH = DISPATCH, mode
+    try:
+        yield
+    finally:
+        DISPATCH = before
+
+
+def _use_dense(x: torch.Tensor) -> bool:
+    if DISPATCH == "dense" or torch.compiler.is_compiling():
+        return True  # the sparse paths have data-dependent shapes: no single graph
+    return DISPATCH == "auto" and x.is_cuda
 
 
 def _use_grouped(x: torch.Tensor, experts: nn.ModuleList, rows: int) -> bool:
-    if DISPATCH == "loop" or not hasattr(torch, "_grouped_mm"):
+    if DISPATCH != "grouped" or not hasattr(torch, "_grouped_mm"):
         return False
-    if any(n % 8 for n in experts[0].w1.weight.shape):
-        return False  # grouped GEMM needs 16-byte aligned rows (a multiple of 8 bf16 values)
-    if DISPATCH == "grouped":
-        return True
-    return (x.is_cuda and rows <= GROUPED_MAX_ROWS and torch.is_autocast_enabled("cuda")
-            and torch.get_autocast_dtype("cuda") == torch.bfloat16
-            and torch.cuda.get_device_capability(x.device) >= (9, 0))
+    return not any(n % 8 for n in experts[0].w1.weight.shape)  # 16-byte aligned rows (8 bf16 values)
+
+
+def dense_dispatch(x: torch.Tensor, experts: nn.ModuleList, weights: torch.Tensor) -> torch.Tensor:
+    """y = sum_e weights[:, e] * experts[e](x), every expert on every token, in two batched matmuls.
+
+    x: (N, d); weights: (N, E), zero where a token is not routed to an expert (those products are
+    computed and multiplied by an exact zero, so they add neither value nor gradient).
+    """
+    w1 = torch.stack([e.w1.weight for e in experts])  # (E, h, d)
+    b1 = torch.stack([e.w1.bias for e in experts])  # (E, h)
+    w2 = torch.stack([e.w2.weight for e in experts])  # (E, d, h)
+    b2 = torch.stack([e.w2.bias for e in experts])  # (E, d)
+    xs = x.unsqueeze(0).expand(len(experts), -1, -1)  # (E, N, d), a view
+    h = F.gelu(torch.baddbmm(b1.unsqueeze(1), xs, w1.transpose(1, 2)))  # (E, N, h)
+    out = experts[0].dropout(torch.baddbmm(b2.unsqueeze(1), h, w2.transpose(1, 2)))  # (E, N, d)
+    # Mixed in fp32 like the sparse path (bf16 combine weights would round the routing weights).
+    return (out.float() * weights.t().unsqueeze(-1).float()).sum(0).to(x.dtype)
+
+
+def mix_experts(x: torch.Tensor, experts: nn.ModuleList, assignment: torch.Tensor, weights: torch.Tensor
+                ) -> torch.Tensor:
+    """The routed experts' weighted sum for flattened tokens x (N, d), by the current dispatch.
+
+    assignment: (N, E) bool, which experts a token goes to; weights: (N, E), 0 off the assignment.
+    """
+    if _use_dense(x):
+        return dense_dispatch(x, experts, torch.where(assignment, weights, torch.zeros_like(weights)))
+    expert_idx, token_idx = assignment.t().nonzero(as_tuple=True)  # expert-major: grouped by expert
+    counts = assignment.sum(0)
+    return dispatch_sorted(x, experts, token_idx, expert_idx, weights[token_idx, expert_idx], counts)
 
 
 def dispatch_to_experts(
@@ -139,9 +205,10 @@ def load_balance_loss(probs: torch.Tensor, assignment: torch.Tensor) -> torch.Te
 class ExpertFFN(nn.Module):
     """Shared bookkeeping of every FFN kind: activation counts and the mean active experts per token.
 
-    The statistics are plain tensors created at the first forward pass on the input's device (not
-    buffers): they never enter a checkpoint or a state dict, survive meta-device construction in
-    ``from_pretrained``, and accumulate without a host sync.
+    The counts are a plain tensor created at the first forward pass on the input's device (not a
+    buffer): it never enters a checkpoint or a state dict, survives meta-device construction in
+    ``from_pretrained``, and accumulates without a host sync. The token total is a Python int
+    (it depends on shapes only), so counting it launches nothing.
     """
 
     n_experts: int
@@ -150,23 +217,29 @@ class ExpertFFN(nn.Module):
         super().__init__()
         self.n_experts = n_experts
         self._counts: torch.Tensor | None = None
-        self._tokens: torch.Tensor | None = None
+        self._tokens = 0
+
+    def _record(self, counts: torch.Tensor, n_tokens: int) -> None:
+        """Count this call, except inside torch.compile: a compiled step returns the counts in its
+        outputs (FFNOutput.counts) and the caller records them with :meth:`record` (module state
+        mutated inside a graph would stop CUDA graphs)."""
+        if not torch.compiler.is_compiling():
+            self.record(counts, n_tokens)
 
     @torch.no_grad()
-    def _record(self, counts: torch.Tensor, n_tokens: int) -> None:
-        if self._counts is None or self._counts.device != counts.device:
-            old = (self._counts, self._tokens)
-            self._counts = torch.zeros(self.n_experts, dtype=torch.long, device=counts.device)
-            self._tokens = torch.zeros((), dtype=torch.long, device=counts.device)
-            if old[0] is not None:
-                self._counts += old[0].to(counts.device)
-                self._tokens += old[1].to(counts.device)
-        self._counts += counts.to(torch.long)
-        self._tokens += n_tokens
+    def record(self, counts: torch.Tensor, n_tokens: int) -> None:
+        """Add one call's routing counts (n_experts,) and its number of tokens."""
+        if self._counts is None:
+            self._counts = counts.detach().to(torch.long).clone()
+        else:
+            if self._counts.device != counts.device:
+                self._counts = self._counts.to(counts.device)
+            self._counts += counts.detach()
+        self._tokens += int(n_tokens)
 
     def reset_stats(self) -> None:
         self._counts = None
-        self._tokens = None
+        self._tokens = 0
 
     def expert_counts(self) -> list[int]:
         """Tokens routed to each expert since the last reset (a token routed to 2 experts counts for both)."""
@@ -175,7 +248,7 @@ class ExpertFFN(nn.Module):
         return [int(c) for c in self._counts.tolist()]
 
     def tokens_seen(self) -> int:
-        return 0 if self._tokens is None else int(self._tokens)
+        return self._tokens
 
     def mean_active_experts(self) -> float:
         """Mean number of routed experts that processed a token, since the last reset (0.0 if none seen)."""
@@ -197,8 +270,9 @@ class DenseFFN(ExpertFFN):
     def forward(self, x: torch.Tensor, prior_logits: torch.Tensor | None = None) -> FFNOutput:
         y = self.experts[0](x)
         n = x.numel() // x.shape[-1]
-        self._record(torch.full((1,), n, device=x.device), n)
-        return FFNOutput(y, None, x.new_zeros((), dtype=torch.float32))
+        counts = torch.full((1,), n, device=x.device, dtype=torch.long)
+        self._record(counts, n)
+        return FFNOutput(y, None, x.new_zeros((), dtype=torch.float32), counts, n)
 
     def flops_per_token(self, mean_active: float | None = None) -> float:
         return float(self.experts[0].flops_per_token())
@@ -231,16 +305,25 @@ class TopKMoE(_RoutedFFN):
         top_p, top_i = probs.topk(self.top_k, dim=-1)
         return logits, probs, top_p, top_i
 
+    def combine(self, flat: torch.Tensor, probs: torch.Tensor, top_p: torch.Tensor, top_i: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(assignment (N, E) bool, combine weights (N, E)): the top-k probabilities at the chosen experts."""
+        assignment = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, top_i, True)
+        return assignment, torch.zeros_like(probs).scatter_(1, top_i, top_p)
+
     def forward(self, x: torch.Tensor, prior_logits: torch.Tensor | None = None) -> FFNOutput:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         logits, probs, top_p, top_i = self.route(flat)
-        token_idx = torch.arange(flat.shape[0], device=x.device).repeat_interleave(self.top_k)
-        y, counts = dispatch_to_experts(flat, self.experts, token_idx, top_i.reshape(-1), top_p.reshape(-1))
+        assignment, weights = self.combine(flat, probs, top_p, top_i)
+        y = self.mix(flat, assignment, weights)
+        counts = assignment.sum(0)
         self._record(counts, flat.shape[0])
-        assignment = torch.zeros_like(probs).scatter_(1, top_i, 1.0)
         aux = load_balance_loss(probs, assignment)
-        return FFNOutput(y.reshape(shape), logits.reshape(*shape[:-1], -1), aux)
+        return FFNOutput(y.reshape(shape), logits.reshape(*shape[:-1], -1), aux, counts, flat.shape[0])
+
+    def mix(self, flat: torch.Tensor, assignment: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return mix_experts(flat, self.experts, assignment, weights)
 
     def flops_per_token(self, mean_active: float | None = None) -> float:
         k = self.top_k if mean_active is None else mean_active
@@ -261,19 +344,15 @@ class AdaMoE(TopKMoE):
         self.scale_adapter = nn.Linear(d_model, n_experts, bias=False)
         self.shared = Expert(d_model, shared_hidden, dropout)
 
-    def forward(self, x: torch.Tensor, prior_logits: torch.Tensor | None = None) -> FFNOutput:
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1])
-        logits, probs, top_p, top_i = self.route(flat)
+    def combine(self, flat: torch.Tensor, probs: torch.Tensor, top_p: torch.Tensor, top_i: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Selection as top-k; weights p_e + scale_adapter(x)_e at the chosen experts."""
         scale = self.scale_adapter(flat).float().gather(1, top_i)
-        weight = (top_p + scale).reshape(-1)
-        token_idx = torch.arange(flat.shape[0], device=x.device).repeat_interleave(self.top_k)
-        routed, counts = dispatch_to_experts(flat, self.experts, token_idx, top_i.reshape(-1), weight)
-        self._record(counts, flat.shape[0])
-        y = 0.5 * self.shared(flat) + 0.5 * routed
-        assignment = torch.zeros_like(probs).scatter_(1, top_i, 1.0)
-        aux = load_balance_loss(probs, assignment)
-        return FFNOutput(y.reshape(shape), logits.reshape(*shape[:-1], -1), aux)
+        assignment = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, top_i, True)
+        return assignment, torch.zeros_like(probs).scatter_(1, top_i, top_p + scale)
+
+    def mix(self, flat: torch.Tensor, assignment: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.shared(flat) + 0.5 * mix_experts(flat, self.experts, assignment, weights)
 
     def flops_per_token(self, mean_active: float | None = None) -> float:
         return super().flops_per_token(mean_active) + self.shared.flops_per_token() + self._gate_flops()
@@ -331,11 +410,10 @@ class DGMoE(_RoutedFFN):
         scores = logits.float().softmax(-1)
         hard, weights = self.route(scores)
         counts = hard.sum(0)
-        expert_idx, token_idx = hard.t().nonzero(as_tuple=True)  # expert-major: already grouped by expert
-        y = dispatch_sorted(flat, self.experts, token_idx, expert_idx, weights[token_idx, expert_idx], counts)
+        y = mix_experts(flat, self.experts, hard, weights)
         self._record(counts, flat.shape[0])
         aux = load_balance_loss(scores, hard)
-        return FFNOutput(y.reshape(shape), logits.reshape(*shape[:-1], -1), aux)
+        return FFNOutput(y.reshape(shape), logits.reshape(*shape[:-1], -1), aux, counts, flat.shape[0])
 
     def flops_per_token(self, mean_active: float | None = None) -> float:
         k = self.mean_active_experts() if mean_active is None else mean_active

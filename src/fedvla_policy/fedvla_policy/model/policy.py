@@ -12,7 +12,7 @@ The head is ACT-style: H learned query tokens join the sequence and are read out
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from transformers import initialization as init
 from .configuration import FedVLAConfig
 from .encoders import (FrozenSentenceEncoder, InstructionProjector, ProprioEncoder, SpatialKeypoints,
                        VisionPatchEncoder, images_to_float, random_shift)
-from .experts import AdaMoE, DGMoE, ExpertFFN, build_ffn
+from .experts import AdaMoE, DGMoE, ExpertFFN, ExpertStat, FFNOutput, build_ffn
 from .scene_parsing import GROUPS, InstructionSceneParser, patch_ids_from_masks
 
 GROUP_NAMES = ("stem", "trunk", "head")
@@ -75,13 +75,20 @@ class TrunkBlock(nn.Module):
         self.ffn = _ffn_for(config, config.n_experts, config.expert_hidden, config.resolved_dense_hidden,
                             config.resolved_shared_expert_hidden)
 
-    def forward(self, x: torch.Tensor, prior_logits: torch.Tensor | None):
+    def forward(self, x: torch.Tensor, prior_logits: torch.Tensor | None) -> tuple[torch.Tensor, FFNOutput]:
+        """(x after the block, the FFN's output: gate logits for the next block, aux loss, routing counts)."""
         b, n, d = x.shape
         q, k, v = self.qkv(self.attn_norm(x)).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         att = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         x = x + self.proj(att.transpose(1, 2).reshape(b, n, d))
         out = self.ffn(self.ffn_norm(x), prior_logits)
-        return x + out.y, out.gate_logits, out.aux_loss
+        return x + out.y, out
+
+
+class TrunkOutput(NamedTuple):
+    hidden: torch.Tensor  # (B, N, d)
+    aux_loss: torch.Tensor  # mean load-balance loss over the blocks
+    stats: tuple  # per block: ExpertStat of its FFN
 
 
 class Trunk(nn.Module):
@@ -91,12 +98,14 @@ class Trunk(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList([TrunkBlock(config) for _ in range(config.n_layers)])
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        prior, aux = None, []
+    def forward(self, x: torch.Tensor) -> TrunkOutput:
+        prior, aux, stats = None, [], []
         for layer in self.layers:
-            x, prior, layer_aux = layer(x, prior)
-            aux.append(layer_aux)
-        return x, torch.stack(aux).mean()
+            x, out = layer(x, prior)
+            prior = out.gate_logits
+            aux.append(out.aux_loss)
+            stats.append(ExpertStat(out.counts, out.tokens))
+        return TrunkOutput(x, torch.stack(aux).mean(), tuple(stats))
 
 
 class ActionHead(nn.Module):
@@ -211,16 +220,31 @@ class FedVLAPolicy(PreTrainedModel):
     # -------------------------------------------------------------- forward
     def encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch -> (trunk input (B, H + 2 + n_scene, d), stem aux loss). Query tokens come first."""
+        seq, aux, _ = self._encode(batch)
+        return seq, aux
+
+    def _encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, ExpertStat]]:
+        """encode() plus the IOSP refiners' routing counts.
+
+        The language features come from the batch when it carries them (``lang_pooled`` (B, D),
+        ``lang_tokens`` (B, T, D), ``lang_mask`` (B, T): computed once per instruction by the
+        training data, see fedvla_policy.device_data), otherwise from the instructions through MiniLM.
+        """
         cfg = self.config
-        device = self.device
+        device = self.head.queries.device  # not self.device: that walks the parameters (and breaks graphs)
         images = images_to_float(batch["images"].to(device, non_blocking=True), cfg.image_size)
         if self.training and cfg.image_shift_aug:
             images = random_shift(images, cfg.image_shift_aug)
         b = images.shape[0]
-        instructions = list(batch["instruction"])
-        if len(instructions) != b:
-            raise ValueError(f"batch: {len(instructions)} instructions for {b} image stacks")
-        sentence, lang_tokens, lang_mask = self.language_encoder.encode(instructions, device)
+        if batch.get("lang_tokens") is not None:
+            sentence, lang_tokens, lang_mask = batch["lang_pooled"], batch["lang_tokens"], batch["lang_mask"]
+            if sentence.shape[0] != b:
+                raise ValueError(f"batch: {sentence.shape[0]} instruction embeddings for {b} image stacks")
+        else:
+            instructions = list(batch["instruction"])
+            if len(instructions) != b:
+                raise ValueError(f"batch: {len(instructions)} instructions for {b} image stacks")
+            sentence, lang_tokens, lang_mask = self.language_encoder.encode(instructions, device)
         instr_token, lang_tokens = self.stem.language(sentence, lang_tokens)
         proprio = self.normalize_proprio(batch["proprio"].to(device, dtype=torch.float32))
         if self.training and cfg.proprio_dropout:
@@ -229,33 +253,40 @@ class FedVLAPolicy(PreTrainedModel):
         proprio_token = self.stem.proprio(proprio)
         scene, keypoints = self.stem.vision(images)
         aux = scene.new_zeros(())
+        stats: dict[str, ExpertStat] = {}
         if self.stem.iosp is not None:
             ids = None
             if batch.get("masks") is not None:
                 ids = patch_ids_from_masks(batch["masks"].to(device), cfg.image_size, cfg.patch_size)
             parsed = self.stem.iosp(scene, lang_tokens, lang_mask, ids)
             scene, aux = parsed.tokens, parsed.aux_loss
+            stats = {f"stem.iosp.refiners.{g}": st for g, st in enumerate(parsed.stats)}
         queries = self.head.queries.expand(b, -1, -1)
         parts = [queries, instr_token + self.stem.token_type[0], proprio_token + self.stem.token_type[1], scene]
         if keypoints is not None:
             parts.append(keypoints)
         seq = torch.cat(parts, dim=1)
-        return seq, aux
+        return seq, aux, stats
 
     def predict_normalized(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalized action chunk (B, H, A), total unweighted aux loss of stem and trunk)."""
-        seq, stem_aux = self.encode(batch)
-        hidden, trunk_aux = self.trunk(seq)
-        pred = self.head(hidden[:, :self.config.chunk_size])
-        aux = trunk_aux if self.stem.iosp is None else 0.5 * (trunk_aux + stem_aux)
+        pred, aux, _ = self._predict(batch)
         return pred, aux
+
+    def _predict(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, ExpertStat]]:
+        seq, stem_aux, stats = self._encode(batch)
+        trunk = self.trunk(seq)
+        pred = self.head(trunk.hidden[:, :self.config.chunk_size])
+        aux = trunk.aux_loss if self.stem.iosp is None else 0.5 * (trunk.aux_loss + stem_aux)
+        stats.update({f"trunk.layers.{l}.ffn": st for l, st in enumerate(trunk.stats)})
+        return pred, aux, stats
 
     def _relative_base(self, batch: dict[str, Any]) -> torch.Tensor | None:
         """(B, 1, N) raw proprio the first N actions are offsets from (None for absolute actions)."""
         n = self.config.relative_action_dims
         if not n:
             return None
-        return batch["proprio"].to(self.device, dtype=torch.float32)[:, None, :n]
+        return batch["proprio"].to(self.head.queries.device, dtype=torch.float32)[:, None, :n]
 
     def to_model_actions(self, actions: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """Absolute actions (B, H, A) -> what the model predicts (offsets in the first relative_action_dims)."""
@@ -273,20 +304,41 @@ class FedVLAPolicy(PreTrainedModel):
         n = base.shape[-1]
         return torch.cat([actions[..., :n] + base, actions[..., n:]], dim=-1)
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Training loss: Huber on normalized actions (padded steps masked out) + aux_loss_coef * load balance."""
-        pred, aux = self.predict_normalized(batch)
-        actions = batch["actions"].to(self.device, dtype=torch.float32)
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Training loss: Huber on normalized actions (padded steps masked out) + aux_loss_coef * load balance.
+
+        Returns loss, action_loss, aux_loss, pred and expert_stats ({FFN module name: ExpertStat});
+        in eager mode the FFNs have already counted themselves, a compiled caller passes
+        expert_stats to :meth:`record_expert_stats`.
+        """
+        pred, aux, stats = self._predict(batch)
+        device = pred.device
+        actions = batch["actions"].to(device, dtype=torch.float32)
         target = self.normalize_actions(self.to_model_actions(actions, batch))
         err = F.huber_loss(pred.float(), target, delta=self.config.huber_delta, reduction="none")
         if batch.get("action_is_pad") is not None:
-            keep = (~batch["action_is_pad"].to(self.device).bool()).unsqueeze(-1).float()
+            keep = (~batch["action_is_pad"].to(device).bool()).unsqueeze(-1).float()
             action_loss = (err * keep).sum() / (keep.sum() * err.shape[-1]).clamp_min(1.0)
         else:
             action_loss = err.mean()
         aux_loss = self.config.aux_loss_coef * aux.float()
         return {"loss": action_loss + aux_loss, "action_loss": action_loss.detach(), "aux_loss": aux_loss.detach(),
-                "pred": pred.detach()}
+                "pred": pred.detach(), "expert_stats": stats}
+
+    def record_expert_stats(self, stats: dict[str, ExpertStat]) -> None:
+        """Add one step's routing counts (forward()'s expert_stats) to the FFNs' activation counts."""
+        for name, stat in stats.items():
+            self.get_submodule(name).record(stat.counts, stat.tokens)
+
+    def use_channels_last(self, enabled: bool = True) -> None:
+        """Convolution weights (and the vision encoder's inputs) in channels_last memory format, or back.
+
+        cuDNN runs bf16 convolutions fastest on NHWC tensors. Call with False before saving:
+        checkpoints hold contiguous tensors.
+        """
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        self.stem.vision.to(memory_format=fmt)
+        self.stem.vision.channels_last = enabled
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Any]) -> torch.Tensor:

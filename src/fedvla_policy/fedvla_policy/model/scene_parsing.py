@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .experts import ExpertFFN
+from .experts import ExpertFFN, ExpertStat
 
 GROUPS = ("target", "surrounding", "background")
 
@@ -29,6 +29,7 @@ class SceneParse(NamedTuple):
     aux_loss: torch.Tensor  # scalar: mean load-balance loss of the three refiners
     relevance: torch.Tensor  # (B, N) relevance of every image token
     selected: torch.Tensor  # (B, 3, k) indices of the kept tokens per group
+    stats: tuple = ()  # per refiner: ExpertStat (routing counts of this call)
 
 
 def patch_ids_from_masks(masks: torch.Tensor, image_size: int, patch_size: int) -> torch.Tensor:
@@ -105,7 +106,7 @@ class InstructionSceneParser(nn.Module):
         with torch.no_grad():
             score = relevance if proposal_ids is None else proposal_scores(relevance, proposal_ids)
             selected = split_into_groups(relevance.detach(), score, self.topk)  # (B, 3, k)
-        groups, aux = [], []
+        groups, aux, stats = [], [], []
         for g in range(len(GROUPS)):
             idx = selected[:, g]
             tok = tokens.gather(1, idx[..., None].expand(-1, -1, tokens.shape[-1]))
@@ -114,4 +115,5 @@ class InstructionSceneParser(nn.Module):
             out = self.refiners[g](self.refine_norms[g](tok))
             groups.append(tok + out.y)
             aux.append(out.aux_loss)
-        return SceneParse(torch.cat(groups, dim=1), torch.stack(aux).mean(), relevance, selected)
+            stats.append(ExpertStat(out.counts, out.tokens))
+        return SceneParse(torch.cat(groups, dim=1), torch.stack(aux).mean(), relevance, selected, tuple(stats))
