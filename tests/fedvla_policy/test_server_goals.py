@@ -153,7 +153,9 @@ def client(rclpy_context):
 def test_rejections_reach_the_client_and_checkpoints_swap_while_running(processes, tmp_path, rclpy_context, client):
     ckpt4 = make_checkpoint(tmp_path / "ckpt4", np.r_[HOME + 0.05, 1.0], n_experts=4)
     ckpt2 = make_checkpoint(tmp_path / "ckpt2", np.r_[HOME - 0.05, 0.0], n_experts=2)
-    server = processes.start(server_args(on_new_goal="reject", default_max_steps=400), "server")
+    # instructions here are not the sim's tasks: grounding off (test_server_safety.py covers it)
+    server = processes.start(server_args(on_new_goal="reject", default_max_steps=400, checkpoint_root=tmp_path,
+                                         min_instruction_similarity=0.0), "server")
     wait_for_server(client, server, processes)
 
     def rejected(instruction):
@@ -163,6 +165,8 @@ def test_rejections_reach_the_client_and_checkpoints_swap_while_running(processe
                 break
         assert run.done, "no answer\n" + processes.log(server)
         assert run.accepted is False, f"{instruction!r} was accepted"
+        assert run.result.steps == 0 and run.status_name == "aborted" and run.refusal, run.result
+        assert run.rejection_reason.startswith(run.refusal + ": ")
         return run.rejection_reason
 
     assert "no checkpoint loaded" in rejected("put the red block in the bowl")
@@ -229,7 +233,8 @@ def test_out_of_limit_chunks_are_clipped_or_rejected_and_a_dead_camera_aborts(pr
     far[3] = PANDA_LIMITS.upper[3] + 1.0
     ckpt_near = make_checkpoint(tmp_path / "near", near)
     ckpt_far = make_checkpoint(tmp_path / "far", far)
-    server = processes.start(server_args(checkpoint=ckpt_near, stale_input_timeout_s=2.0), "server")
+    server = processes.start(server_args(checkpoint=ckpt_near, stale_input_timeout_s=2.0, checkpoint_root=tmp_path,
+                                         min_instruction_similarity=0.0), "server")
     wait_for_server(client, server, processes)
     probes = []
     assert wait_for(lambda: probes.append(client.send("reach up")) or probes[-1].wait_accepted(5.0), 30.0), \
@@ -283,5 +288,6 @@ def test_out_of_limit_chunks_are_clipped_or_rejected_and_a_dead_camera_aborts(pr
     assert "step    3" in done.stdout and "%" in done.stdout, done.stdout
     assert "result: aborted  success=False  steps=3  reason='max_steps'" in done.stdout, done.stdout
     done = subprocess.run(cli + ["   "], capture_output=True, text=True, timeout=90)
-    assert done.returncode == 2 and "goal rejected: instruction is only whitespace" in done.stderr, done.stderr
+    assert done.returncode == 2 and "goal refused: invalid_goal: instruction is only whitespace" in done.stderr, \
+        done.stderr
     assert server.poll() is None

@@ -57,7 +57,8 @@ def test_goal_moves_the_sim_arm_and_cancel_holds_it(processes, tmp_path, rclpy_c
                            "-p", "camera_size:=32"], "sim")
     # 5 Hz keeps the CPU free enough for the sim to run in real time on a busy 2-core machine.
     # A generous stale-input timeout: this test is about motion and cancel, not about a sim that lags on a busy box.
-    server = processes.start(server_args(checkpoint=ckpt, control_rate_hz=5.0, stale_input_timeout_s=3.0), "server")
+    server = processes.start(server_args(checkpoint=ckpt, control_rate_hz=5.0, stale_input_timeout_s=3.0,
+                                         min_instruction_similarity=0.0), "server")
     client = GoalClient(context=rclpy_context)
     watcher = JointWatcher(rclpy_context)
     try:

@@ -41,7 +41,7 @@ def evaluate(handle: RobotHandle, tasks: list[str], seeds: list[int], max_steps:
             instruction = handle.reset(task, seed)
             for _ in range(30):  # right after start-up the server may not have every input yet
                 run = handle.goals.run(instruction, timeout=max_steps * 0.5 + 60, max_steps=max_steps)
-                if run.accepted is not False or "yet" not in run.rejection_reason:
+                if not run.retryable:  # refused as not ready (or busy): goal_refusal.RETRYABLE
                     break
                 time.sleep(1.0)
             result = run.result

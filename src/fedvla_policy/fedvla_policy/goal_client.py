@@ -1,8 +1,9 @@
 """Send a natural-language goal to a policy server: a reusable client and `fedvla goal`.
 
 ``GoalClient`` runs its own node on a background executor thread, so callers (tests, scripts,
-the CLI) simply block on ``GoalRun.wait()``. It also reads the server's latched
-``<server>/goal_rejections`` topic, so a rejected goal comes back with the server's reason.
+the CLI) simply block on ``GoalRun.wait()``. The server accepts every request and aborts a goal it
+will not run at once, with ``"<code>: <why>"`` as the result's reason (goal_refusal.py); such a
+goal comes back as ``accepted = False`` with ``refusal`` (the code) and ``rejection_reason`` set.
 
     fedvla goal "put the red block in the bowl" --ns robot1
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 import threading
@@ -21,10 +21,9 @@ import rclpy
 from action_msgs.msg import GoalStatus
 from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from std_msgs.msg import String
 
 from fedvla_msgs.action import ExecuteInstruction
+from fedvla_policy.goal_refusal import RETRYABLE, refusal_code
 
 STATUS_NAMES = {
     GoalStatus.STATUS_UNKNOWN: "unknown", GoalStatus.STATUS_ACCEPTED: "accepted",
@@ -40,8 +39,9 @@ class GoalRun:
     """One goal as the client sees it: acceptance, feedback as it arrives, and the result."""
 
     instruction: str
-    accepted: bool | None = None  # None until the server answered
-    rejection_reason: str = ""
+    accepted: bool | None = None  # None until the server answered: True once it runs, False when refused
+    rejection_reason: str = ""  # the server's "<code>: <why>" when refused
+    refusal: str | None = None  # the refusal code (goal_refusal), None when the goal ran
     feedback: list = field(default_factory=list)  # ExecuteInstruction.Feedback messages, in order
     status: int = GoalStatus.STATUS_UNKNOWN
     result: object | None = None  # ExecuteInstruction.Result once finished
@@ -57,8 +57,13 @@ class GoalRun:
     def done(self) -> bool:
         return self._done.is_set()
 
+    @property
+    def retryable(self) -> bool:
+        """Refused for a reason that may pass when the same goal is sent again later (not ready, busy)."""
+        return self.refusal in RETRYABLE
+
     def wait_accepted(self, timeout: float = 10.0) -> bool | None:
-        """Block until the server accepted or rejected the goal; returns ``accepted``."""
+        """Block until the goal runs (first feedback) or was refused (its result); returns ``accepted``."""
         self._answered.wait(timeout)
         return self.accepted
 
@@ -75,17 +80,12 @@ class GoalClient:
     """
 
     def __init__(self, namespace: str = "", action_name: str = "execute_instruction",
-                 server_node_name: str = "policy_server", context=None, rejection_wait_s: float = 2.0):
+                 server_node_name: str = "policy_server", context=None):
         self._context = context
+        self.server_node_name = server_node_name  # its ~/goal_rejections topic mirrors refusals for observers
         ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
         self.node = rclpy.create_node(f"fedvla_goal_client_{os.getpid()}_{next(_node_ids)}", namespace=ns,
                                       context=context)
-        self.rejection_wait_s = rejection_wait_s
-        self._rejections: list[dict] = []
-        self._rej_lock = threading.Condition()
-        latched = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.node.create_subscription(String, f"{server_node_name}/goal_rejections", self._on_rejection, latched)
         self._client = ActionClient(self.node, ExecuteInstruction, action_name)
         self._executor = SingleThreadedExecutor(context=context)
         self._executor.add_node(self.node)
@@ -97,27 +97,6 @@ class GoalClient:
             self._executor.spin()
         except Exception:  # noqa: BLE001 - context shut down under us at exit
             pass
-
-    def _on_rejection(self, msg: String) -> None:
-        try:
-            entry = json.loads(msg.data)
-        except ValueError:
-            entry = {"instruction": None, "reason": msg.data, "stamp": time.time()}
-        with self._rej_lock:
-            self._rejections.append(entry)
-            self._rej_lock.notify_all()
-
-    def _find_rejection(self, instruction: str, sent_at: float) -> str:
-        deadline = time.monotonic() + self.rejection_wait_s
-        with self._rej_lock:
-            while True:
-                for entry in reversed(self._rejections):
-                    if entry.get("instruction") == instruction and float(entry.get("stamp", 0)) >= sent_at - 0.5:
-                        return str(entry.get("reason", ""))
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return "rejected (the server published no reason)"
-                self._rej_lock.wait(left)
 
     def wait_for_server(self, timeout: float = 10.0, settle_s: float = 0.5) -> bool:
         """Wait until the action server is discovered.
@@ -134,32 +113,34 @@ class GoalClient:
              on_feedback=None) -> GoalRun:
         """Send a goal without blocking; returns the GoalRun that fills in as answers arrive."""
         run = GoalRun(instruction)
-        sent_at = time.time()
 
         def on_fb(msg):
             run.feedback.append(msg.feedback)
+            if run.accepted is None:  # a refused goal gets no feedback: this one runs
+                run.accepted = True
+                run._answered.set()
             if on_feedback is not None:
                 on_feedback(msg.feedback)
 
         def on_result(future):
             response = future.result()
             run.status, run.result = response.status, response.result
+            code = refusal_code(response.result.reason) if response.status == GoalStatus.STATUS_ABORTED else None
+            if code is not None and response.result.steps == 0:
+                run.refusal, run.rejection_reason, run.accepted = code, response.result.reason, False
+            elif run.accepted is None:
+                run.accepted = True
+            run._answered.set()
             run._done.set()
 
         def on_goal_response(future):
             handle = future.result()
             run._handle = handle
-            if not handle.accepted:
-                # Look the reason up off the executor thread: it may still be on its way.
-                def fetch():
-                    run.rejection_reason = self._find_rejection(instruction, sent_at)
-                    run.accepted = False
-                    run._answered.set()
-                    run._done.set()
-                threading.Thread(target=fetch, daemon=True).start()
+            if not handle.accepted:  # servers of this stack never do; another implementation might
+                run.accepted, run.rejection_reason = False, "rejected by the action server (it gave no reason)"
+                run._answered.set()
+                run._done.set()
                 return
-            run.accepted = True
-            run._answered.set()
             handle.get_result_async().add_done_callback(on_result)
 
         goal = ExecuteInstruction.Goal(instruction=instruction, max_steps=int(max_steps),
@@ -220,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main_goal(argv: list[str] | None = None) -> int:
-    """`fedvla goal ...`: 0 on task success, 1 when the goal ended otherwise, 2 when rejected/unreachable."""
+    """`fedvla goal ...`: 0 on task success, 1 when the goal ended otherwise, 2 when refused/unreachable."""
     args = build_parser().parse_args(argv)
     rclpy.init()
     client = GoalClient(namespace=args.ns, action_name=args.action, server_node_name=args.server_node)
@@ -246,8 +227,7 @@ def main_goal(argv: list[str] | None = None) -> int:
             if run.accepted is None:
                 print("the server did not answer the goal request", file=sys.stderr)
                 return 2
-            run.wait(args.wait_server)
-            print(f"goal rejected: {run.rejection_reason}", file=sys.stderr)
+            print(f"goal refused: {run.rejection_reason}", file=sys.stderr)
             return 2
         deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
         try:

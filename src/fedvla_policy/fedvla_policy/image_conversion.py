@@ -14,6 +14,8 @@ import numpy as np
 
 SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "mono8")
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
+#: Largest accepted image side (pixels): a bigger header is a fault, not a camera (and would cost memory).
+MAX_IMAGE_SIDE = 4096
 
 
 class UnsupportedEncodingError(ValueError):
@@ -53,23 +55,35 @@ def _check_encoding(encoding: str) -> None:
             f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
 
 
+def check_image_layout(encoding: str, height: int, width: int, step: int, data_bytes: int) -> None:
+    """Refuse (ValueError, the text says why) a header that does not describe its data exactly:
+    unsupported encoding, an empty image or a side over MAX_IMAGE_SIDE, a step shorter than a row,
+    or data that is not exactly step * height bytes (ragged)."""
+    _check_encoding(encoding)
+    if not (0 < height <= MAX_IMAGE_SIDE and 0 < width <= MAX_IMAGE_SIDE):
+        raise ValueError(f"image size {width}x{height} is outside 1..{MAX_IMAGE_SIDE} pixels per side")
+    row_bytes = width * _CHANNELS[encoding]
+    if step < row_bytes:
+        raise ValueError(f"image step {step} is smaller than width*channels = {row_bytes}")
+    if data_bytes != step * height:
+        raise ValueError(f"image data has {data_bytes} bytes, expected step*height = {step * height}")
+
+
 def image_to_numpy(msg) -> np.ndarray:
     """Convert a sensor_msgs/Image to a numpy array (HxWx3 for rgb8/bgr8, HxW for mono8).
 
+    The header is checked first (check_image_layout), on both paths, so a malformed message is a
+    ValueError that says why, never an exception from deep inside numpy or cv_bridge.
     The returned array owns its memory (a copy), so it stays valid after the message is reused.
     """
-    _check_encoding(msg.encoding)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    check_image_layout(msg.encoding, height, width, step, len(msg.data))
     if _BRIDGE is not None:
         return np.array(_BRIDGE.imgmsg_to_cv2(msg, desired_encoding="passthrough"), copy=True)
     channels = _CHANNELS[msg.encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
     row_bytes = width * channels
-    if step < row_bytes:
-        raise ValueError(f"image step {step} is smaller than width*channels = {row_bytes}")
     data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
-    if data.size < step * height:
-        raise ValueError(f"image data has {data.size} bytes, expected step*height = {step * height}")
-    rows = data[: step * height].reshape(height, step)[:, :row_bytes]
+    rows = data.reshape(height, step)[:, :row_bytes]
     if channels == 1:
         return rows.reshape(height, width).copy()
     return rows.reshape(height, width, channels).copy()

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field, fields
+from typing import Callable
 
 import numpy as np
 
 from fedvla_policy.motion import PANDA_ARM_JOINTS, PANDA_FINGER_MAX_M, PANDA_GRIPPER_JOINT, PANDA_LIMITS
+from fedvla_policy.goal_refusal import BUSY, INVALID_GOAL, NOT_READY, UNGROUNDED, refusal_reason
+from fedvla_policy.input_checks import goal_limits_problem
 from fedvla_policy.input_sync import StampedHistory
 
 
@@ -19,6 +22,14 @@ class ServerConfig:
     """Every ROS parameter of the policy server (defaults mirrored in config/policy_server.yaml)."""
 
     checkpoint: str = field(default="", metadata={"help": "save_pretrained directory loaded at start ('' = none yet)."})
+    checkpoint_root: str = field(default="", metadata={
+        "help": "load_checkpoint loads only local directories below this one (symlinks resolved, relative paths taken "
+                "relative to it, never a Hub lookup); '' = the directory the node was started in."})
+    min_instruction_similarity: float = field(default=0.644, metadata={
+        "help": "Refuse a goal (code 'ungrounded') whose instruction's sentence embedding (the policy's MiniLM) has a "
+                "cosine similarity below this to every instruction the policy was trained on (the checkpoint config's "
+                "trained_instructions, else the sim task table that matches its cameras). Measured on held-out "
+                "phrasings vs off-task sentences by benchmarks/instruction_grounding.py; <= 0 turns the check off."})
     device: str = field(default="cpu", metadata={"help": "torch device for the policy (cpu, cuda, cuda:0, ...)."})
     action_name: str = field(default="execute_instruction", metadata={"help": "Name of the ExecuteInstruction action."})
     camera_names: list[str] = field(default_factory=list, metadata={
@@ -50,6 +61,9 @@ class ServerConfig:
         "help": "Gripper joint commanded by the last action entry ('' = no gripper)."})
     gripper_max: float = field(default=PANDA_FINGER_MAX_M, metadata={
         "help": "Joint position of the open gripper; action 1.0 maps to it, 0.0 to closed."})
+    joint_state_tolerance: float = field(default=0.2, metadata={
+        "help": "A joint_states message with an arm joint further than this (rad) outside joint_lower/upper_limits "
+                "(the gripper: further than gripper_max outside [0, gripper_max]) is refused as a sensor fault."})
     action_space: str = field(default="joint", metadata={"help": "'joint' (absolute joint targets) or 'ee' (IK)."})
     motion_backend: str = field(default="auto", metadata={
         "help": "'auto' (moveit_py when importable, else toppra), 'moveit' or 'toppra'."})
@@ -90,7 +104,7 @@ class ServerConfig:
         if self.control_rate_hz <= 0:
             raise ValueError(f"control_rate_hz must be > 0, got {self.control_rate_hz}")
         for name in ("max_frame_skew_s", "stale_input_timeout_s", "startup_input_timeout_s",
-                     "default_time_limit_s", "hold_duration_s", "sample_dt", "gripper_max"):
+                     "default_time_limit_s", "hold_duration_s", "sample_dt", "gripper_max", "joint_state_tolerance"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0.0 < self.stop_deceleration_scale <= 1.0:
@@ -144,19 +158,36 @@ def instruction_problem(instruction: str, max_length: int) -> str | None:
 
 def goal_rejection_reason(instruction: str, *, max_length: int, model_loaded: bool,
                           missing_cameras: list[str], have_joint_state: bool,
-                          goal_running: bool, on_new_goal: str) -> str | None:
-    """The reason a new goal must be rejected, or None to accept it. Checks in a fixed order."""
-    problem = instruction_problem(instruction, max_length)
+                          goal_running: bool, on_new_goal: str, max_steps: int = 0, time_limit_s: float = 0.0,
+                          grounding: Callable[[str], str | None] | None = None,
+                          input_notes: dict[str, str] | None = None) -> str | None:
+    """The reason (``"<code>: <detail>"``, goal_refusal) a new goal must be refused, or None to run it.
+
+    Checks in a fixed order: the goal itself (invalid_goal), the server's readiness (not_ready), the
+    instruction against what the policy was trained on (``grounding``: instruction -> problem or None;
+    ungrounded), another goal running (busy). ``input_notes`` (input name -> why its last message was
+    refused) explain a missing input.
+    """
+    notes = input_notes or {}
+
+    def note(key: str) -> str:
+        return f" (its last message was refused: {notes[key]})" if key in notes else ""
+
+    problem = instruction_problem(instruction, max_length) or goal_limits_problem(max_steps, time_limit_s)
     if problem:
-        return problem
+        return refusal_reason(INVALID_GOAL, problem)
     if not model_loaded:
-        return "no checkpoint loaded (set the 'checkpoint' parameter or call load_checkpoint)"
+        return refusal_reason(NOT_READY, "no checkpoint loaded (set the 'checkpoint' parameter or call load_checkpoint)")
     if missing_cameras:
-        return "no camera frame received yet from: " + ", ".join(missing_cameras)
+        return refusal_reason(NOT_READY, "no camera frame received yet from: "
+                              + ", ".join(c + note(c) for c in missing_cameras))
     if not have_joint_state:
-        return "no joint state received yet"
+        return refusal_reason(NOT_READY, "no joint state received yet" + note("joint_states"))
+    problem = grounding(instruction) if grounding is not None else None
+    if problem:
+        return refusal_reason(UNGROUNDED, problem)
     if goal_running and on_new_goal == "reject":
-        return "another goal is running (on_new_goal = reject)"
+        return refusal_reason(BUSY, "another goal is running (on_new_goal = reject)")
     return None
 
 
@@ -206,14 +237,26 @@ class LatestInputs:
         self._frames: dict[str, Frame] = {}
         self._joint: JointSample | None = None
         self._joint_history = StampedHistory()
+        self._refused: dict[str, str] = {}  # input (camera name or "joint_states") -> why its last message was refused
+
+    def note_refused(self, source: str, reason: str) -> None:
+        """Remember why the last message of ``source`` was refused (named when that input goes missing)."""
+        with self._lock:
+            self._refused[source] = reason
+
+    def refusal_notes(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._refused)
 
     def put_frame(self, camera: str, frame: Frame) -> None:
         with self._lock:
             self._frames[camera] = frame
+            self._refused.pop(camera, None)
 
     def put_joint(self, sample: JointSample) -> None:
         with self._lock:
             self._joint = sample
+            self._refused.pop("joint_states", None)
         self._joint_history.add(sample.stamp, sample)
 
     def missing_cameras(self, cameras: list[str]) -> list[str]:
@@ -242,13 +285,17 @@ class LatestInputs:
                     return f"stale_input: no frame from camera '{cam}'"
                 if now - frame.received > timeout:
                     return (f"stale_input: camera '{cam}' has not published for "
-                            f"{now - frame.received:.2f} s (timeout {timeout:.2f} s)")
+                            f"{now - frame.received:.2f} s (timeout {timeout:.2f} s)" + self._note(cam))
             if self._joint is None:
-                return "stale_input: no joint state"
+                return "stale_input: no joint state" + self._note("joint_states")
             if now - self._joint.received > timeout:
                 return (f"stale_input: joint states have not arrived for "
-                        f"{now - self._joint.received:.2f} s (timeout {timeout:.2f} s)")
+                        f"{now - self._joint.received:.2f} s (timeout {timeout:.2f} s)" + self._note("joint_states"))
         return None
+
+    def _note(self, source: str) -> str:
+        """(lock held) why the last message of ``source`` was refused, when it was."""
+        return f"; its last message was refused: {self._refused[source]}" if source in self._refused else ""
 
     def snapshot(self, cameras: list[str], max_skew: float, after: float = -np.inf) -> Snapshot | None:
         """Latest frames + joint state, or None when a frame is missing, the set is inconsistent

@@ -9,11 +9,18 @@ Graph (names relative to the node's namespace, all parameters in config/policy_s
   srv  load_checkpoint (fedvla_msgs/LoadCheckpoint: swaps the model between goals)
   act  execute_instruction (fedvla_msgs/ExecuteInstruction)
 
-Rejected goals. rclpy's goal callback can only say ACCEPT or REJECT, so an invalid goal is
-REJECTED (it never becomes an episode the fed client would log) and the reason is published,
-before the rejection is sent, on the latched topic ``~/goal_rejections`` as JSON
-``{"instruction": ..., "reason": ..., "stamp": <unix s>}`` and logged. ``goal_client.GoalClient``
-subscribes to that topic before sending and reports the reason together with the rejection.
+Refused goals (goal_refusal.py). A plain REJECT reaches ``ros2 action send_goal`` as "Goal was
+rejected." and nothing more, so every goal request is accepted, and one the server will not run
+(invalid, not ready, ungrounded instruction, busy) is aborted at once with 0 steps, no feedback and
+no episode id, its result's reason ``"<code>: <why>"``; it neither moves the arm nor preempts a
+running goal. The refusal is also published on the latched topic ``~/goal_rejections`` as JSON
+``{"instruction": ..., "reason": ..., "stamp": <unix s>}`` for observers, and logged.
+
+Bad input (input_checks.py). Every callback checks its message first and is guarded: a malformed
+image, joint state, instruction or service request is refused with a bounded, rate-limited log line
+and the node keeps its last good input (a goal whose input stays bad ends as stale_input, naming
+the refusal). The trajectory publisher refuses any non-finite or inconsistent trajectory as the
+last line of defence. load_checkpoint is all-or-nothing (checkpoint_swap.py).
 
 A goal's control loop (one step per new, consistent set of camera frames, at most
 control_rate_hz): frames + joint state -> policy.act -> motion backend (limits enforced) ->
@@ -34,6 +41,7 @@ MultiThreadedExecutor, so frames keep arriving while a goal runs and a checkpoin
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -56,7 +64,11 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from fedvla_msgs.action import ExecuteInstruction
 from fedvla_msgs.msg import ExpertUsage, LayerExpertUsage
 from fedvla_msgs.srv import LoadCheckpoint
+from fedvla_policy.checkpoint_swap import CheckpointRefused, RobotSpec, load_validated
+from fedvla_policy.goal_refusal import BUSY, NOT_READY, refusal_reason
 from fedvla_policy.image_conversion import image_to_numpy, to_rgb
+from fedvla_policy.input_checks import InputRejected, bounded, joint_state_values, trajectory_problem
+from fedvla_policy.instruction_grounding import InstructionGrounder, trained_instructions
 from fedvla_policy.gil import use_short_gil_switch_interval
 from fedvla_policy.motion import (PANDA_LIMITS, JointLimits, MotionConfig, MotionRejected, hold_trajectory,
                                   make_backend, moveit_available, stop_trajectory)
@@ -73,14 +85,8 @@ except ImportError:  # pragma: no cover - not installed here
 REJECTIONS_TOPIC = "~/goal_rejections"
 
 
-def load_policy(path: str, device: str = "cpu"):
-    """Load a save_pretrained checkpoint of FedVLAPolicy for inference (eval mode on ``device``)."""
-    from fedvla_policy.model import FedVLAPolicy
-
-    policy = FedVLAPolicy.from_pretrained(path)
-    policy.to(device)
-    policy.eval()
-    return policy
+#: Seconds between two log lines about the same kind of refused input.
+LOG_THROTTLE_S = 5.0
 
 
 def expert_usage_layers(policy) -> tuple[list[tuple[list[int], float]], float]:
@@ -128,9 +134,10 @@ STEP_SPACING = 0.7
 class _GoalRun:
     """Book-keeping of an accepted goal (running, or waiting for the one it preempts to stop)."""
 
-    def __init__(self, goal_handle):
+    def __init__(self, goal_handle, refusal: str = ""):
         self.goal_handle = goal_handle
         self.preempted = False
+        self.refusal = refusal  # "<code>: <why>" when the goal is refused (aborted at once, never runs)
 
 
 class PolicyServer(Node):
@@ -146,9 +153,12 @@ class PolicyServer(Node):
         self.inputs = LatestInputs()
         self._policy = None
         self._policy_path = ""
-        self._pending_policy = None  # (policy, path) waiting for the running goal to end
+        self._grounder: InstructionGrounder | None = None  # of the serving policy
+        self._pending_policy = None  # (policy, path, grounder) waiting for the running goal to end
+        self._checkpoint_root = os.path.abspath(self.cfg.checkpoint_root or os.getcwd())
         self._policy_lock = threading.Lock()
         self._active: _GoalRun | None = None  # the goal driving the arm
+        self._refused_runs: dict[bytes, _GoalRun] = {}  # accepted requests that are aborted at once
         self._runs: dict[bytes, _GoalRun] = {}  # every accepted goal not finished yet
         self._active_lock = threading.Lock()
         self._success_time = -np.inf
@@ -186,14 +196,18 @@ class PolicyServer(Node):
                             callback_group=self._service_group)
 
         if self.cfg.checkpoint:
-            try:
-                self._set_policy(load_policy(self.cfg.checkpoint, self.cfg.device), self.cfg.checkpoint)
-            except Exception as exc:  # noqa: BLE001 - keep serving; goals are rejected until a load works
-                self.get_logger().error(f"could not load checkpoint {self.cfg.checkpoint!r}: {exc}")
+            try:  # the operator's own parameter: any local directory, but every other check applies
+                policy, directory, summary = load_validated(self.cfg.checkpoint, None, self._robot_spec(),
+                                                            self.cfg.device)
+                self._set_policy(policy, str(directory), self._make_grounder(policy))
+                self.get_logger().info(f"checkpoint {directory}: {summary}")
+            except Exception as exc:  # noqa: BLE001 - keep serving; goals are refused until a load works
+                self.get_logger().error(bounded(f"could not load checkpoint {self.cfg.checkpoint!r}: {exc}", 600))
         self._ensure_camera_subscriptions()
         self.get_logger().info(
             f"policy server ready: action '{self.cfg.action_name}', cameras {self.camera_names}, "
-            f"checkpoint {self._policy_path or '(none)'}, motion backend {self.motion.kind}")
+            f"checkpoint {self._policy_path or '(none)'}, checkpoint root {self._checkpoint_root}, "
+            f"motion backend {self.motion.kind}")
 
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> ServerConfig:
@@ -253,10 +267,36 @@ class PolicyServer(Node):
             policy = self._policy
         return list(policy.config.camera_names) if policy is not None else []
 
-    def _set_policy(self, policy, path: str) -> None:
+    def _set_policy(self, policy, path: str, grounder: InstructionGrounder | None = None) -> None:
         with self._policy_lock:
-            self._policy, self._policy_path = policy, path
+            self._policy, self._policy_path, self._grounder = policy, path, grounder
         self._ensure_camera_subscriptions()
+
+    def _robot_spec(self) -> RobotSpec:
+        """What a checkpoint must fit: the cameras served (configured, else the serving policy's; none
+        known before the first policy), the motion backend's action columns and the proprio length."""
+        cfg = self.cfg
+        with self._policy_lock:
+            policy = self._policy
+        cameras = tuple(cfg.camera_names) if cfg.camera_names else (
+            tuple(policy.config.camera_names) if policy is not None else None)
+        n = len(cfg.arm_joint_names) + (1 if cfg.gripper_joint else 0)
+        return RobotSpec(camera_names=cameras, action_dim=n if cfg.action_space == "joint" else None, proprio_dim=n)
+
+    def _make_grounder(self, policy) -> InstructionGrounder | None:
+        """The instruction-grounding check for ``policy`` (None: off, and the log says why)."""
+        threshold = self.cfg.min_instruction_similarity
+        if threshold <= 0:
+            self.get_logger().info("instruction grounding off (min_instruction_similarity <= 0)")
+            return None
+        instructions, source = trained_instructions(policy.config)
+        if not instructions:
+            self.get_logger().warning(f"instruction grounding off: {source}")
+            return None
+        grounder = InstructionGrounder(policy.language_encoder, instructions, threshold, source)
+        self.get_logger().info(f"instruction grounding: {len(instructions)} trained instructions from {source}, "
+                               f"min_instruction_similarity {threshold:.3f}")
+        return grounder
 
     def _ensure_camera_subscriptions(self) -> None:
         for cam in self.camera_names:
@@ -267,29 +307,44 @@ class PolicyServer(Node):
                     callback_group=self._sensor_group)
 
     def _on_load_checkpoint(self, request, response):
+        """All-or-nothing (checkpoint_swap.load_validated): on any failure the serving policy stays."""
         try:
-            policy = load_policy(request.path, self.cfg.device)
-        except Exception as exc:  # noqa: BLE001 - report any failure to the caller
-            response.success, response.message = False, f"could not load {request.path!r}: {exc}"
-            self.get_logger().error(response.message)
+            policy, directory, summary = load_validated(request.path, self._checkpoint_root, self._robot_spec(),
+                                                        self.cfg.device)
+            grounder = self._make_grounder(policy)
+        except CheckpointRefused as exc:
+            response.success, response.message = False, f"refused, the current policy keeps serving: {exc}"
+            self.get_logger().error(bounded(f"load_checkpoint: {response.message}", 600))
+            return response
+        except Exception as exc:  # noqa: BLE001 - any other failure is reported too, and changes nothing
+            response.success = False
+            response.message = bounded(f"refused, the current policy keeps serving: could not load "
+                                       f"{request.path!r}: {exc!r}", 600)
+            self.get_logger().error(f"load_checkpoint: {response.message}")
             return response
         with self._active_lock:
             running = self._active is not None
             if running:
-                self._pending_policy = (policy, request.path)
+                self._pending_policy = (policy, str(directory), grounder)
         if not running:
-            self._set_policy(policy, request.path)
+            self._set_policy(policy, str(directory), grounder)
         response.success = True
-        response.message = (f"loaded {request.path}" + (" (serves the next goal)" if running else ""))
+        response.message = f"loaded {directory}: {summary}" + (" (serves the next goal)" if running else "")
         self.get_logger().info(response.message)
         return response
 
     # ------------------------------------------------------------------ inputs
+    def _refuse_input(self, source: str, reason: str) -> None:
+        """Log (bounded, rate-limited) and remember why a message of ``source`` was refused."""
+        reason = bounded(reason)
+        self.inputs.note_refused(source, reason)
+        self.get_logger().warning(f"refused {source} message: {reason}", throttle_duration_sec=LOG_THROTTLE_S)
+
     def _on_image(self, camera: str, msg: Image) -> None:
         try:
             image = to_rgb(image_to_numpy(msg), msg.encoding)
-        except ValueError as exc:
-            self.get_logger().error(f"camera '{camera}': {exc}", throttle_duration_sec=5.0)
+        except Exception as exc:  # noqa: BLE001 - ValueError from the checks; anything else must not end the node
+            self._refuse_input(camera, f"camera '{camera}': {exc}")
             return
         stamp = stamp_seconds(msg.header.stamp)
         self.inputs.put_frame(camera, Frame(image, stamp, time.monotonic()))
@@ -299,9 +354,26 @@ class PolicyServer(Node):
             event.set()
 
     def _on_joint_state(self, msg: JointState) -> None:
-        pos = dict(zip(msg.name, msg.position))
-        vel = dict(zip(msg.name, msg.velocity)) if len(msg.velocity) == len(msg.name) else {}
-        stamp = stamp_seconds(msg.header.stamp)
+        """Only a message with every commanded joint, finite and within range, replaces the last good one."""
+        cfg = self.cfg
+        limits = self.motion.limits
+        try:
+            names = list(cfg.arm_joint_names) + ([cfg.gripper_joint] if cfg.gripper_joint else [])
+            lower, upper = list(limits.lower), list(limits.upper)
+            tolerance = [cfg.joint_state_tolerance] * len(limits.lower)
+            max_velocity = list(limits.max_velocity)
+            if cfg.gripper_joint:  # the finger: metres, [0, gripper_max], tolerance one full opening
+                lower, upper = lower + [0.0], upper + [cfg.gripper_max]
+                tolerance, max_velocity = tolerance + [cfg.gripper_max], max_velocity + [10 * cfg.gripper_max]
+            pos, vel = joint_state_values(msg.name, msg.position, msg.velocity, names, np.asarray(lower),
+                                          np.asarray(upper), np.asarray(tolerance), np.asarray(max_velocity))
+            stamp = stamp_seconds(msg.header.stamp)
+        except InputRejected as exc:
+            self._refuse_input("joint_states", str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - never let a message end the node
+            self._refuse_input("joint_states", f"joint_states: {exc!r}")
+            return
         self.inputs.put_joint(JointSample(pos, vel, time.monotonic(), stamp))
 
     def _on_task_success(self, msg: Bool) -> None:
@@ -309,43 +381,77 @@ class PolicyServer(Node):
             self._success_time = time.monotonic()
 
     def _on_instruction_goal(self, msg: String) -> None:
-        """Start a goal through our own action server, exactly as an external client would."""
+        """Start a goal through our own action server, exactly as an external client would (the same
+        checks apply; a refusal is logged here with its reason)."""
+        shown = bounded(repr(msg.data), 100)
         if not self._self_client.server_is_ready():
             self.get_logger().warning("instruction topic: action server not ready yet")
-        goal = ExecuteInstruction.Goal(instruction=msg.data)
-        future = self._self_client.send_goal_async(goal)
-        future.add_done_callback(lambda f: self.get_logger().info(
-            f"instruction topic goal {msg.data!r}: {'accepted' if f.result().accepted else 'rejected'}"))
+
+        def on_result(future) -> None:
+            try:
+                result = future.result().result
+                self.get_logger().info(bounded(f"instruction topic goal {shown}: {result.reason}"),
+                                       throttle_duration_sec=1.0)
+            except Exception as exc:  # noqa: BLE001 - a log line must never end the node
+                self.get_logger().warning(bounded(f"instruction topic goal {shown}: {exc!r}"))
+
+        def on_response(future) -> None:
+            try:
+                handle = future.result()
+                if handle.accepted:
+                    handle.get_result_async().add_done_callback(on_result)
+            except Exception as exc:  # noqa: BLE001
+                self.get_logger().warning(bounded(f"instruction topic goal {shown}: {exc!r}"))
+
+        try:
+            self._self_client.send_goal_async(ExecuteInstruction.Goal(instruction=msg.data)).add_done_callback(on_response)
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().warning(bounded(f"instruction topic goal {shown}: {exc!r}"), throttle_duration_sec=1.0)
 
     # ------------------------------------------------------------------ goal lifecycle
-    def _reject(self, instruction: str, reason: str) -> GoalResponse:
+    def _publish_refusal(self, instruction: str, reason: str) -> None:
+        """The refusal for observers (latched topic) and the log, both bounded in size."""
         self._reject_pub.publish(String(data=json.dumps(
-            {"instruction": instruction, "reason": reason, "stamp": time.time()})))
-        self.get_logger().warning(f"rejected goal {instruction[:80]!r}: {reason}")
-        return GoalResponse.REJECT
+            {"instruction": bounded(instruction, 1000), "reason": reason, "stamp": time.time()})))
+        self.get_logger().warning(bounded(f"refused goal {bounded(repr(instruction), 100)}: {reason}"),
+                                  throttle_duration_sec=1.0)
 
     def _on_goal(self, goal) -> GoalResponse:
+        """Every request is accepted: one that will not run is aborted at once with its reason (see the module doc)."""
+        return GoalResponse.ACCEPT
+
+    def _refusal(self, goal) -> str | None:
+        """Why ``goal`` must not run ("<code>: <why>"), or None; the busy check is the caller's (under the lock)."""
         with self._policy_lock:
-            loaded = self._policy is not None
-        with self._active_lock:
-            running = bool(self._runs)
+            loaded, grounder = self._policy is not None, self._grounder
         cameras = self.camera_names
         reason = goal_rejection_reason(
             goal.instruction, max_length=self.cfg.max_instruction_length, model_loaded=loaded,
             missing_cameras=self.inputs.missing_cameras(cameras), have_joint_state=self.inputs.has_joint_state(),
-            goal_running=running, on_new_goal=self.cfg.on_new_goal)
+            goal_running=False, on_new_goal=self.cfg.on_new_goal, max_steps=goal.max_steps,
+            time_limit_s=goal.time_limit_s, grounding=grounder.problem if grounder is not None else None,
+            input_notes=self.inputs.refusal_notes())
         if reason is None and not cameras:
-            reason = "no camera configured (camera_names empty and the model names none)"
-        if reason is not None:
-            return self._reject(goal.instruction, reason)
-        return GoalResponse.ACCEPT
+            reason = refusal_reason(NOT_READY, "no camera configured (camera_names empty and the model names none)")
+        return reason
 
     def _on_accepted(self, goal_handle) -> None:
-        """The newest accepted goal wins: every earlier one, running or still waiting, is preempted."""
+        """The newest goal that will run wins: every earlier one, running or still waiting, is preempted.
+        A refused goal preempts nothing."""
+        try:
+            reason = self._refusal(goal_handle.request)
+        except Exception as exc:  # noqa: BLE001 - a failing check refuses the goal, it does not end the node
+            reason = refusal_reason(NOT_READY, bounded(f"could not check the goal: {exc!r}"))
         with self._active_lock:
-            for other in self._runs.values():
-                other.preempted = True
-            self._runs[bytes(goal_handle.goal_id.uuid)] = _GoalRun(goal_handle)
+            if reason is None and self._runs and self.cfg.on_new_goal == "reject":
+                reason = refusal_reason(BUSY, "another goal is running (on_new_goal = reject)")
+            run = _GoalRun(goal_handle, refusal=reason or "")
+            if reason is None:
+                for other in self._runs.values():
+                    other.preempted = True
+                self._runs[bytes(goal_handle.goal_id.uuid)] = run
+            else:
+                self._refused_runs[bytes(goal_handle.goal_id.uuid)] = run
         goal_handle.execute()
 
     def _sleep(self, seconds: float, wake_on_frame: bool = False) -> None:
@@ -370,7 +476,12 @@ class PolicyServer(Node):
     def _execute(self, goal_handle):
         key = bytes(goal_handle.goal_id.uuid)
         with self._active_lock:
-            run = self._runs[key]
+            refused = self._refused_runs.pop(key, None)
+            run = self._runs.get(key)
+        if refused is not None:
+            self._publish_refusal(goal_handle.request.instruction, refused.refusal)
+            goal_handle.abort()
+            return ExecuteInstruction.Result(success=False, steps=0, reason=refused.refusal)
         while True:  # a preempted goal is still finishing: wait for it
             with self._active_lock:
                 if run.preempted:  # an even newer goal came while this one waited
@@ -391,13 +502,27 @@ class PolicyServer(Node):
             if pending is not None:
                 self._set_policy(*pending)
 
-    def _publish_trajectory(self, traj) -> None:
+    def _publish_trajectory(self, traj) -> bool:
+        """Send ``traj`` to the controller (topic, or FollowJointTrajectory when present); False when refused.
+
+        The last line of defence: a trajectory with a non-finite or inconsistent value never leaves
+        the server, whatever produced it (input_checks.trajectory_problem).
+        """
+        try:
+            msg = to_joint_trajectory(traj)
+            problem = trajectory_problem(msg)
+        except Exception as exc:  # noqa: BLE001 - a trajectory that cannot even be converted is refused too
+            problem = f"could not convert: {exc!r}"
+        if problem:
+            self.get_logger().error(bounded(f"trajectory NOT sent to the controller: {problem}"),
+                                    throttle_duration_sec=LOG_THROTTLE_S)
+            return False
         self.reference.record(traj, time.monotonic())
-        msg = to_joint_trajectory(traj)
         if self._fjt_client is not None and self._fjt_client.server_is_ready():
             self._fjt_client.send_goal_async(FollowJointTrajectory.Goal(trajectory=msg))
         else:
             self._traj_pub.publish(msg)
+        return True
 
     def _hold(self, brake: bool = True) -> None:
         """Stop the arm where it is: brake at the acceleration limit along the current motion, then hold."""
@@ -409,6 +534,9 @@ class PolicyServer(Node):
         except KeyError:
             return
         pos, vel = self.reference.state(time.monotonic(), pos, vel)
+        if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(vel))):  # cannot happen with checked inputs
+            self.get_logger().error("hold skipped: the arm's state is not finite", throttle_duration_sec=LOG_THROTTLE_S)
+            return
         if self.cfg.gripper_joint:  # measured finger may sit a hair outside its range
             pos[-1] = float(np.clip(pos[-1], 0.0, self.cfg.gripper_max))
         if brake:
@@ -469,6 +597,7 @@ class PolicyServer(Node):
                 mean_active_experts=mean_active, inference_latency_ms=latency_ms,
                 episode_id=episode_id, instruction=goal.instruction))
 
+        feedback("waiting_for_input")  # at once: tells the client this goal runs (a refused one gets none)
         while True:
             now = time.monotonic()
             if goal_handle.is_cancel_requested:
@@ -500,8 +629,10 @@ class PolicyServer(Node):
                 if waited > limit:
                     silent = self.inputs.cameras_without_frame_after(cameras, frames_after)
                     if silent:
-                        return finish("abort", "stale_input: " + ", ".join(f"camera '{c}'" for c in silent)
-                                      + f" sent no new frame for {waited:.2f} s")
+                        notes = self.inputs.refusal_notes()
+                        return finish("abort", "stale_input: " + ", ".join(
+                            f"camera '{c}'" + (f" (its last message was refused: {notes[c]})" if c in notes else "")
+                            for c in silent) + f" sent no new frame for {waited:.2f} s")
                     return finish("abort", f"stale_input: no new, consistent set of camera frames for {waited:.2f} s "
                                            f"(cameras {cameras}, max_frame_skew_s {cfg.max_frame_skew_s})")
                 if step == 0:
@@ -524,6 +655,9 @@ class PolicyServer(Node):
                 return finish("abort", f"policy error: {exc}")
             t_act = time.perf_counter()
             latency_ms = (t_act - t0) * 1e3
+            if not np.all(np.isfinite(chunk)):
+                self.get_logger().error("policy.act returned non-finite actions")
+                return finish("abort", "policy error: the policy returned non-finite actions")
             after = routed_and_tokens(policy)
             current, velocity = self.reference.state(time.monotonic(), current, velocity)
             observation_age = snap.age(self.get_clock().now().nanoseconds * 1e-9, time.monotonic())
