@@ -20,6 +20,14 @@ METAWORLD_TASKS = {
     "sweep-into": ("sweep the puck into the hole", "push the puck into the goal hole", "sweep the block into the hole"),
     "window-open": ("open the window", "slide the window open", "push the window to open it"),
 }
+# Other ways to say each task that training never draws (it draws from METAWORLD_TASKS only): for evaluation
+# and for measuring the policy server's instruction grounding.
+METAWORLD_HELD_OUT_PHRASINGS = {
+    "door-lock": ("please lock the door", "turn the knob to lock the door", "the door, lock it"),
+    "drawer-close": ("please close the drawer", "shut the drawer", "push the drawer closed"),
+    "sweep-into": ("please sweep the puck into the hole", "push the puck into the hole", "move the puck into the hole"),
+    "window-open": ("please open the window", "slide the window to open it", "open up the window"),
+}
 _POLICIES = {
     "door-lock": "SawyerDoorLockV3Policy",
     "drawer-close": "SawyerDrawerCloseV3Policy",

@@ -12,7 +12,7 @@ in the closed fingers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -95,6 +95,9 @@ class Task:
     kind: str = field(default="pick_place", metadata={"help": "Expert recipe: pick_up | pick_place | stack | push | pick_place_two."})
     objects: tuple[str, ...] = field(default=(), metadata={"help": "Objects the expert manipulates, in order."})
     max_steps: int = field(default=120, metadata={"help": "Control steps (10 Hz) the expert and a policy get."})
+    held_out_phrasings: tuple[str, ...] = field(default=(), metadata={
+        "help": "Other ways to say it (synonyms, polite forms, other word orders) that training never draws: "
+                "for evaluation and for measuring the policy server's instruction grounding."})
 
     def __post_init__(self):
         if not self.phrasings:
@@ -183,6 +186,27 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          kind="pick_place_two",
          objects=("red_block", "green_block", "bowl"), max_steps=190),
 ]}
+
+
+# Held-out phrasings (never in `phrasings`, so never seen in training): filled into TASKS below.
+_HELD_OUT_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "pick_up_green_block": ("please pick up the green block", "could you lift up the green cube",
+                            "take the green block off the table", "the green block, pick it up"),
+    "put_red_block_in_bowl": ("please put the red block into the bowl", "place the red block inside the bowl",
+                              "the red cube goes in the bowl", "put the red cube in the bowl"),
+    "put_blue_block_in_bowl": ("please put the blue block into the bowl", "place the blue block inside the bowl",
+                               "the blue cube goes in the bowl", "put the blue cube in the bowl"),
+    "stack_red_on_green": ("please stack the red cube on the green cube", "set the red block on top of the green block",
+                           "put red on top of green", "the red block goes on the green block"),
+    "push_blue_block_left": ("please push the blue cube to the left", "move the blue block to the left edge of the table",
+                             "slide the blue block left", "to the left edge with the blue block"),
+    "put_red_and_green_in_bowl": ("please put both the red and the green block in the bowl",
+                                  "drop the red and the green cubes into the bowl",
+                                  "the red and green blocks go in the bowl", "put the green and red blocks into the bowl"),
+}
+TASKS = {name: replace(task, held_out_phrasings=_HELD_OUT_PHRASINGS.get(name, task.held_out_phrasings))
+         for name, task in TASKS.items()}
+assert all(not set(t.held_out_phrasings) & set(t.phrasings) for t in TASKS.values()), "held-out phrasing in training"
 
 
 def get_task(name: str) -> Task:
