@@ -19,8 +19,8 @@ from trajectory_msgs.msg import JointTrajectory
 
 from fedvla_policy.checkpoint_swap import CheckpointRefused, resolve_checkpoint_dir
 from fedvla_policy.goal_refusal import BUSY, NOT_READY, REFUSAL_CODES, RETRYABLE, refusal_code, refusal_reason
-from fedvla_policy.input_checks import (InputRejected, bounded, goal_limits_problem, joint_state_values,
-                                        trajectory_problem)
+from fedvla_policy.input_checks import (InputRejected, LogLimiter, bounded, goal_limits_problem,
+                                        joint_state_values, trajectory_problem)
 from fedvla_policy.motion import PANDA_LIMITS, hold_trajectory
 from fedvla_policy.server_logic import goal_rejection_reason
 
@@ -79,6 +79,15 @@ def test_goal_limits_and_refusal_codes():
     with pytest.raises(ValueError):
         refusal_reason("nope", "x")
     assert len(bounded("x" * 20000)) <= 300 and "\n" not in bounded("a\nb")
+
+
+def test_log_limiter_keys_by_input():
+    now = [0.0]
+    limiter = LogLimiter(period=5.0, clock=lambda: now[0])
+    assert limiter.allow("wrist") == "" and limiter.allow("agentview") == ""  # one input does not silence another
+    assert limiter.allow("wrist") is None and limiter.allow("wrist") is None
+    now[0] = 5.5
+    assert limiter.allow("wrist") == " (+2 more like it since the last line)"
 
 
 def _traj(points, names=("a", "b")):

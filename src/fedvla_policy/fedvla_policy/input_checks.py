@@ -10,6 +10,8 @@ upstream produces, a trajectory with a non-finite or inconsistent value is never
 from __future__ import annotations
 
 import math
+import threading
+import time
 from typing import Sequence
 
 import numpy as np
@@ -18,6 +20,35 @@ import numpy as np
 MAX_LOG_CHARS = 300
 #: A measured joint speed above this many times the joint's velocity limit is a sensor fault.
 MAX_VELOCITY_FACTOR = 5.0
+
+
+#: Seconds between two log lines about the same input (or the same kind of refusal).
+LOG_PERIOD_S = 5.0
+
+
+class LogLimiter:
+    """At most one log line per key (an input, a refusal code) every ``period`` seconds.
+
+    rclpy's ``throttle_duration_sec`` throttles per call site, so one bad camera would silence the
+    refusals of every other input logged from the same line; this keys by what was refused.
+    """
+
+    def __init__(self, period: float = LOG_PERIOD_S, clock=time.monotonic):
+        self.period, self._clock = period, clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> str | None:
+        """None when this line must be dropped, else a suffix ('' or how many were dropped since the last)."""
+        now = self._clock()
+        with self._lock:
+            if now - self._last.get(key, -math.inf) < self.period:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return None
+            self._last[key] = now
+            dropped = self._suppressed.pop(key, 0)
+        return f" (+{dropped} more like it since the last line)" if dropped else ""
 
 
 class InputRejected(ValueError):

@@ -67,7 +67,7 @@ from fedvla_msgs.srv import LoadCheckpoint
 from fedvla_policy.checkpoint_swap import CheckpointRefused, RobotSpec, load_validated
 from fedvla_policy.goal_refusal import BUSY, NOT_READY, refusal_reason
 from fedvla_policy.image_conversion import image_to_numpy, to_rgb
-from fedvla_policy.input_checks import InputRejected, bounded, joint_state_values, trajectory_problem
+from fedvla_policy.input_checks import InputRejected, LogLimiter, bounded, joint_state_values, trajectory_problem
 from fedvla_policy.instruction_grounding import InstructionGrounder, trained_instructions
 from fedvla_policy.gil import use_short_gil_switch_interval
 from fedvla_policy.motion import (PANDA_LIMITS, JointLimits, MotionConfig, MotionRejected, hold_trajectory,
@@ -83,10 +83,6 @@ except ImportError:  # pragma: no cover - not installed here
     FollowJointTrajectory = None
 
 REJECTIONS_TOPIC = "~/goal_rejections"
-
-
-#: Seconds between two log lines about the same kind of refused input.
-LOG_THROTTLE_S = 5.0
 
 
 def expert_usage_layers(policy) -> tuple[list[tuple[list[int], float]], float]:
@@ -166,6 +162,7 @@ class PolicyServer(Node):
         self._waiters_lock = threading.Lock()
         self._camera_subs: dict[str, object] = {}
         self.reference = ReferenceTracker()
+        self._log_limiter = LogLimiter()  # refusals: one line per input / code every few seconds
 
         self.motion = self._make_motion_backend()
 
@@ -338,7 +335,13 @@ class PolicyServer(Node):
         """Log (bounded, rate-limited) and remember why a message of ``source`` was refused."""
         reason = bounded(reason)
         self.inputs.note_refused(source, reason)
-        self.get_logger().warning(f"refused {source} message: {reason}", throttle_duration_sec=LOG_THROTTLE_S)
+        self._log_limited("warning", f"input:{source}", f"refused {source} message: {reason}")
+
+    def _log_limited(self, level: str, key: str, text: str) -> None:
+        """One bounded log line per ``key`` every few seconds (input_checks.LogLimiter)."""
+        suffix = self._log_limiter.allow(key)
+        if suffix is not None:
+            getattr(self.get_logger(), level)(bounded(text) + suffix)
 
     def _on_image(self, camera: str, msg: Image) -> None:
         try:
@@ -390,8 +393,7 @@ class PolicyServer(Node):
         def on_result(future) -> None:
             try:
                 result = future.result().result
-                self.get_logger().info(bounded(f"instruction topic goal {shown}: {result.reason}"),
-                                       throttle_duration_sec=1.0)
+                self._log_limited("info", "instruction_topic", f"instruction topic goal {shown}: {result.reason}")
             except Exception as exc:  # noqa: BLE001 - a log line must never end the node
                 self.get_logger().warning(bounded(f"instruction topic goal {shown}: {exc!r}"))
 
@@ -406,15 +408,15 @@ class PolicyServer(Node):
         try:
             self._self_client.send_goal_async(ExecuteInstruction.Goal(instruction=msg.data)).add_done_callback(on_response)
         except Exception as exc:  # noqa: BLE001
-            self.get_logger().warning(bounded(f"instruction topic goal {shown}: {exc!r}"), throttle_duration_sec=1.0)
+            self._log_limited("warning", "instruction_topic_error", f"instruction topic goal {shown}: {exc!r}")
 
     # ------------------------------------------------------------------ goal lifecycle
     def _publish_refusal(self, instruction: str, reason: str) -> None:
         """The refusal for observers (latched topic) and the log, both bounded in size."""
         self._reject_pub.publish(String(data=json.dumps(
             {"instruction": bounded(instruction, 1000), "reason": reason, "stamp": time.time()})))
-        self.get_logger().warning(bounded(f"refused goal {bounded(repr(instruction), 100)}: {reason}"),
-                                  throttle_duration_sec=1.0)
+        self._log_limited("warning", "goal:" + reason.partition(":")[0],
+                          f"refused goal {bounded(repr(instruction), 100)}: {reason}")
 
     def _on_goal(self, goal) -> GoalResponse:
         """Every request is accepted: one that will not run is aborted at once with its reason (see the module doc)."""
@@ -514,8 +516,7 @@ class PolicyServer(Node):
         except Exception as exc:  # noqa: BLE001 - a trajectory that cannot even be converted is refused too
             problem = f"could not convert: {exc!r}"
         if problem:
-            self.get_logger().error(bounded(f"trajectory NOT sent to the controller: {problem}"),
-                                    throttle_duration_sec=LOG_THROTTLE_S)
+            self._log_limited("error", "trajectory", f"trajectory NOT sent to the controller: {problem}")
             return False
         self.reference.record(traj, time.monotonic())
         if self._fjt_client is not None and self._fjt_client.server_is_ready():
@@ -535,7 +536,7 @@ class PolicyServer(Node):
             return
         pos, vel = self.reference.state(time.monotonic(), pos, vel)
         if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(vel))):  # cannot happen with checked inputs
-            self.get_logger().error("hold skipped: the arm's state is not finite", throttle_duration_sec=LOG_THROTTLE_S)
+            self._log_limited("error", "hold", "hold skipped: the arm's state is not finite")
             return
         if self.cfg.gripper_joint:  # measured finger may sit a hair outside its range
             pos[-1] = float(np.clip(pos[-1], 0.0, self.cfg.gripper_max))
