@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                         "root_certificates": str(certs / "ca.crt"), "auth_private_key": str(certs / f"node{index}"),
                         "min_new_episodes": 1_000_000, "round_interval_s": 0.0,
                         "trainer_threads": args.trainer_threads}})
+                if spec.package == "fedvla_policy":  # load_checkpoint takes only the run folder's round checkpoints
+                    spec = NodeSpec(**{**spec.__dict__, "parameters": {**spec.parameters, "checkpoint_root": str(out)}})
                 group.start(spec, namespace=robot.namespace, domain_id=robot.domain_id, env={"PATH": env["PATH"]})
             _log(f"started {robot.namespace} (domain {robot.domain_id}): tasks {', '.join(robot.tasks)}")
         # The SuperLink starts now, so the SuperNodes are connected by the time the robots have data;

@@ -496,6 +496,16 @@ class PolicyServer(Node):
             self._sleep(0.01)
         try:
             return self._run_goal(goal_handle, run)
+        except Exception as exc:  # noqa: BLE001 - a bug in one goal ends that goal with its reason, not the node
+            reason = bounded(f"server error: {exc!r}")
+            self.get_logger().error(f"goal failed: {reason}")
+            try:
+                self._hold()
+            except Exception as hold_exc:  # noqa: BLE001
+                self.get_logger().error(bounded(f"could not hold the arm: {hold_exc!r}"))
+            if goal_handle.is_active:
+                goal_handle.abort()
+            return ExecuteInstruction.Result(success=False, steps=0, reason=reason)
         finally:
             with self._active_lock:
                 self._active = None
