@@ -130,6 +130,8 @@ def test_bad_input_is_refused_the_server_keeps_serving_and_no_nan_reaches_the_co
         for cam in CAMERAS:
             assert f"refused {cam} message: camera '{cam}': " in log, log[-3000:]
         assert "instruction is too long (20000 > 256 characters)" in log
+        # the instruction topic reports the refusal too (its own log line, of another severity than the others)
+        assert "instruction topic goal 'xxxxxxxx" in log and "Logger severity" not in log, log[-3000:]
         longest = max(len(line) for line in log.splitlines())
         assert longest < 1000, f"a log line of {longest} characters"
         assert log.count("refused joint_states message") < 30, "refusal log lines are not rate-limited"

@@ -340,8 +340,16 @@ class PolicyServer(Node):
     def _log_limited(self, level: str, key: str, text: str) -> None:
         """One bounded log line per ``key`` every few seconds (input_checks.LogLimiter)."""
         suffix = self._log_limiter.allow(key)
-        if suffix is not None:
-            getattr(self.get_logger(), level)(bounded(text) + suffix)
+        if suffix is None:
+            return
+        line = bounded(text) + suffix
+        # one call site per severity: rclpy refuses a call site whose severity changes between calls
+        if level == "error":
+            self.get_logger().error(line)
+        elif level == "warning":
+            self.get_logger().warning(line)
+        else:
+            self.get_logger().info(line)
 
     def _on_image(self, camera: str, msg: Image) -> None:
         try:
