@@ -19,6 +19,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from fedvla_policy.checkpoint_swap import CheckpointRefused, resolve_checkpoint_dir
 from fedvla_policy.goal_refusal import BUSY, NOT_READY, REFUSAL_CODES, RETRYABLE, refusal_code, refusal_reason
+from fedvla_policy.instruction_grounding import trained_instructions
 from fedvla_policy.input_checks import (InputRejected, LogLimiter, bounded, goal_limits_problem,
                                         joint_state_values, trajectory_problem)
 from fedvla_policy.motion import PANDA_LIMITS, hold_trajectory
@@ -167,3 +168,18 @@ def test_the_trajectory_publisher_refuses_non_finite_points(rclpy_context):
         thread.join(timeout=2.0)
         listener.destroy_node()
         server.destroy_node()
+
+
+def test_trained_instructions_prefer_what_the_checkpoint_knows():
+    from types import SimpleNamespace
+
+    from fedvla_sim.metaworld_env import METAWORLD_TASKS
+    from fedvla_sim.tasks import TASKS
+
+    own = SimpleNamespace(trained_instructions=["wipe the table", "wipe the table", " "], camera_names=["agentview"])
+    assert trained_instructions(own) == (["wipe the table"], "the checkpoint config's trained_instructions")
+    panda, source = trained_instructions(SimpleNamespace(camera_names=["agentview", "wrist"]))
+    assert "Panda" in source and set(panda) == {p for t in TASKS.values() for p in t.phrasings}
+    assert not set(panda) & {p for t in TASKS.values() for p in t.held_out_phrasings}  # held out = never trained
+    meta, source = trained_instructions(SimpleNamespace(camera_names=["corner", "topview"]))
+    assert "Meta-World" in source and set(meta) == {p for ps in METAWORLD_TASKS.values() for p in ps}

@@ -109,6 +109,9 @@ class ServerConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0.0 < self.stop_deceleration_scale <= 1.0:
             raise ValueError(f"stop_deceleration_scale must be in (0, 1], got {self.stop_deceleration_scale}")
+        if not self.min_instruction_similarity <= 1.0:
+            raise ValueError(f"min_instruction_similarity must be <= 1 (cosine similarity; <= 0 = off), "
+                             f"got {self.min_instruction_similarity}")
         if self.max_instruction_length < 1:
             raise ValueError(f"max_instruction_length must be >= 1, got {self.max_instruction_length}")
         if self.default_max_steps < 1:
