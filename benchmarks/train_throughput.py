@@ -23,16 +23,22 @@ a rerun replaces its own rows, rows of other machines stay.
     python3 benchmarks/train_throughput.py --device cuda --output $OUT/train_throughput.json
 On a machine without MiniLM, point FEDVLA_LANGUAGE_CACHE at a file written here with
 --write-language-cache (the benchmark's four instructions, bit-identical embeddings).
+
+--parallel (for a short lease on a GPU box): one child process per FFN kind and batch size, plus one for the
+commit before the engine with --legacy-src. torch.compile is CPU work, so children compile at the
+same time (at a lower CPU priority); the timed part of every row holds an exclusive file lock
+(--gpu-lock, taken after the first, untimed interval, at raised priority), so no two rows are ever
+timed at once. Rows start only before --deadline-s; every row is merged into --output as it ends.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -122,22 +128,60 @@ def engine_name() -> str:
     return "device" if "compile" in train_config_fields() else "legacy"
 
 
-class IntervalClock:
-    """The eval hook: synchronises and reads the clock every `every` steps; profiles one chosen interval."""
+class GpuLock:
+    """An exclusive flock on a file: only its holder times steps. Holding it raises the process's priority."""
 
-    def __init__(self, device: torch.device, profile_from: int | None):
+    def __init__(self, path: str | None):
+        self.path, self.fd = path, None
+
+    def acquire(self) -> None:
+        if self.path is None or self.fd is not None:
+            return
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        _set_priority(-5)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        import fcntl
+
+        _set_priority(10)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+
+def _set_priority(nice: int) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except (PermissionError, OSError):
+        pass  # not root: keep the current priority
+
+
+class IntervalClock:
+    """The eval hook: synchronises and reads the clock every `every` steps; profiles one chosen interval.
+
+    The first call (the end of the first, untimed interval: compilation, CUDA-graph recording) takes
+    the GPU lock before reading the clock, so every timed interval runs alone on the device.
+    """
+
+    def __init__(self, device: torch.device, profile_from: int | None, lock: GpuLock):
         self.device = device
         self.stamps: list[tuple[int, float]] = []
         self.profile_from = profile_from
         self.profiler = None
-        self.profiled_steps = (None, None)
+        self.profiler_done = None
+        self.lock = lock
 
     def __call__(self, policy, step: int):
         sync(self.device)
+        self.lock.acquire()
         now = time.perf_counter()
         if self.profiler is not None:
             self.profiler.stop()
-            self.profiled_steps = (self.profiled_steps[0], step)
             self.profiler_done = self.profiler
             self.profiler = None
         self.stamps.append((step, now))
@@ -147,7 +191,6 @@ class IntervalClock:
             acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
             self.profiler = profile(activities=acts)
             self.profiler.start()
-            self.profiled_steps = (step, None)
         return None
 
 
@@ -163,7 +206,7 @@ def count_profile(prof, steps: int, device: torch.device) -> dict:
     return {"kernel_launches_per_step": None, "gpu_kernels_per_step": None, "cpu_ops_per_step": round(ops / steps, 1)}
 
 
-def measure(kind: str, mode: str, batch: int, args, device: torch.device, data: Dataset) -> dict:
+def measure(kind: str, mode: str, batch: int, args, device: torch.device, data, lock: GpuLock) -> dict:
     """One train() run: warm-up intervals, timed intervals, one profiled interval. Returns a row."""
     torch.manual_seed(args.seed)
     policy = FedVLAPolicy(table1_model_config(kind))
@@ -171,18 +214,21 @@ def measure(kind: str, mode: str, batch: int, args, device: torch.device, data: 
     warm = args.warmup_intervals if mode == "eager" else args.compiled_warmup_intervals
     n_intervals = warm + args.timed_intervals + (1 if args.profile else 0)
     profile_from = (warm + args.timed_intervals) * every if args.profile else None
-    clock = IntervalClock(device, profile_from)
+    clock = IntervalClock(device, profile_from, lock)
     kw = dict(max_steps=n_intervals * every, batch_size=batch, lr=1e-4, warmup=5, seed=args.seed,
               eval_every=every, device=str(device), progress=False)
     fields = train_config_fields()
     if "compile" in fields:
         kw["compile"] = "on" if mode == "compiled" else "off"
-        for name in ("compile_mode", "moe_dispatch", "cpu_threads"):
+        for name in ("compile_mode", "moe_dispatch", "cpu_threads", "cpu_bf16"):
             value = getattr(args, name)
-            if value is not None and name in fields:
+            if value not in (None, False) and name in fields:
                 kw[name] = value
     t0 = time.perf_counter()
-    metrics = train(policy, data, TrainConfig(**kw), eval_hook=clock)
+    try:
+        metrics = train(policy, data, TrainConfig(**kw), eval_hook=clock)
+    finally:
+        lock.release()
     total_s = time.perf_counter() - t0
     stamps = clock.stamps
     # Interval k runs from stamp k-1 to stamp k; the first is from the start of the loop to stamp 0 (not timed).
@@ -206,6 +252,8 @@ def measure(kind: str, mode: str, batch: int, args, device: torch.device, data: 
             row[key] = metrics["config"][key]
     if "engine" in metrics:
         row["engine_info"] = metrics["engine"]
+        if mode == "compiled" and not metrics["engine"].get("compiled"):
+            row["mode"] = "eager (compile failed)"
     del policy
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -213,15 +261,25 @@ def measure(kind: str, mode: str, batch: int, args, device: torch.device, data: 
 
 
 def merge(rows: list[dict], path: Path) -> dict:
-    """Replace this run's rows (same KEY) in the JSON at `path`, keep every other row."""
+    """Replace this run's rows (same KEY) in the JSON at `path`, keep every other row (file-locked)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _merge_locked(rows, path)
+
+
+def _merge_locked(rows: list[dict], path: Path) -> dict:
     doc = json.loads(path.read_text()) if path.exists() else {}
     old = [r for r in doc.get("rows", []) if tuple(r.get(k) for k in KEY) not in {tuple(n.get(k) for k in KEY)
                                                                                      for n in rows}]
     doc["rows"] = sorted(old + rows, key=lambda r: tuple(str(r.get(k)) for k in KEY))
     doc["description"] = __doc__.split("\n\n")[0]
     doc["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
     return doc
 
 
@@ -245,10 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default).")
     p.add_argument("--compile-mode", default=None, help="TrainConfig.compile_mode for the compiled rows.")
     p.add_argument("--moe-dispatch", default=None, help="TrainConfig.moe_dispatch (auto | dense | sparse).")
-    p.add_argument("--cpu-threads", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--cpu-threads", type=int, default=None, help="TrainConfig.cpu_threads (threads while training).")
+    p.add_argument("--cpu-bf16", action="store_true", help="TrainConfig.cpu_bf16: bf16 autocast on the CPU.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", default="", help="Free text stored in every row (e.g. what else ran on the machine).")
     p.add_argument("--output", default=str(RESULTS), help=f"JSON to merge rows into (default: {RESULTS}).")
+    p.add_argument("--parallel", action="store_true",
+                   help="One child process per kind and batch size (+ --legacy-src), compiling in parallel, timing one at a time.")
+    p.add_argument("--legacy-src", default=None,
+                   help="With --parallel: also measure this checkout's fedvla_policy package folder (eager only).")
+    p.add_argument("--legacy-commit", default="", help="The commit --legacy-src holds (stored in its rows).")
+    p.add_argument("--legacy-interval-steps", type=int, default=10, help="Steps per interval for the legacy child.")
+    p.add_argument("--gpu-lock", default=None, help="File whose exclusive lock every timed part holds.")
+    p.add_argument("--deadline-s", type=float, default=0.0,
+                   help="Start no new row after this many seconds (0: no limit); children get the parent's clock.")
+    p.add_argument("--deadline-epoch", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--write-language-cache", metavar="PATH", default=None,
                    help="Only write the MiniLM embeddings of the benchmark's instructions to PATH and exit.")
     return p
@@ -264,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             args.write_language_cache, list(INSTRUCTIONS))
         print(f"wrote {args.write_language_cache}")
         return 0
+    deadline = args.deadline_epoch or (time.time() + args.deadline_s if args.deadline_s else 0.0)
+    if args.parallel:
+        return run_parallel(args, deadline, argv if argv is not None else sys.argv[1:])
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     if args.threads:
@@ -271,35 +343,89 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.type == "cuda"
     args.interval_steps = args.interval_steps or (20 if cuda else 2)
     modes = [m for m in args.modes if m == "eager" or "compile" in train_config_fields()]
-    data = SyntheticEpisodes(args.samples or (4096 if cuda else 512), table1_model_config("dgmoe"), args.seed)
+    lock = GpuLock(args.gpu_lock)
+    model_cfg = table1_model_config("dgmoe")
+    data = SyntheticEpisodes(args.samples or (2048 if cuda else 512), model_cfg, args.seed)
+    if engine_name() == "device":  # read onto the device once, as train() would, and shared by every row
+        from fedvla_policy.device_data import DeviceDataset
+        from fedvla_policy.model.encoders import FrozenSentenceEncoder
+
+        encoder = FrozenSentenceEncoder.shared(model_cfg.language_model_path, model_cfg.max_instruction_tokens)
+        data = DeviceDataset.from_dataset(data, device, encoder)
     rows = []
     for kind in args.kinds:
         for mode in modes:
             for batch in args.batch_sizes:
                 runs = []
                 for r in range(args.repeats):
+                    if deadline and time.time() > deadline:
+                        print(f"deadline: skipping {kind} {mode} bs{batch}", flush=True)
+                        break
                     try:
-                        runs.append(measure(kind, mode, batch, args, device, data))
+                        runs.append(measure(kind, mode, batch, args, device, data, lock))
                     except Exception as err:  # noqa: BLE001 - one failing configuration must not lose the others
                         print(f"FAILED {kind} {mode} bs{batch}: {err!r}", flush=True)
                         break
-                    print(f"{kind:5s} {mode:8s} bs{batch:4d} run {r + 1}: {runs[-1]['step_ms']:.1f} ms/step "
-                          f"{runs[-1]['samples_per_s']:.0f} samples/s", flush=True)
+                    print(f"[{engine_name()}] {kind:5s} {runs[-1]['mode']:8s} bs{batch:4d} run {r + 1}: "
+                          f"{runs[-1]['step_ms']:.2f} ms/step {runs[-1]['samples_per_s']:.0f} samples/s, "
+                          f"launches/step {runs[-1].get('kernel_launches_per_step')}", flush=True)
                 if not runs:
                     continue
                 runs.sort(key=lambda row: row["step_ms"])
                 row = dict(runs[len(runs) // 2])
                 row["repeat_step_ms"] = [r["step_ms"] for r in runs]
                 row["repeats"] = len(runs)
-                row["git_commit"] = git_commit(REPO) if not os.environ.get("FEDVLA_POLICY_SRC") else \
-                    os.environ.get("FEDVLA_GIT_COMMIT", "see FEDVLA_POLICY_SRC")
+                row["git_commit"] = os.environ.get("FEDVLA_GIT_COMMIT") or git_commit(REPO)
                 row["label"] = args.label
                 row["measured"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                 rows.append(row)
                 merge([row], Path(args.output))
-    print(json.dumps([{k: r[k] for k in ("ffn_kind", "mode", "batch_size", "step_ms", "samples_per_s")}
-                      for r in rows], indent=0))
+    print(json.dumps([{k: r[k] for k in ("engine", "ffn_kind", "mode", "batch_size", "step_ms", "samples_per_s")}
+                      for r in rows]), flush=True)
     return 0
+
+
+def _without(argv: list[str], flags: dict[str, int]) -> list[str]:
+    """argv without the given flags (flag -> number of values it takes; -1: all values up to the next flag)."""
+    out, i = [], 0
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        if name in flags:
+            n = flags[name]
+            i += 1
+            if "=" not in argv[i - 1]:
+                if n < 0:
+                    while i < len(argv) and not argv[i].startswith("--"):
+                        i += 1
+                else:
+                    i += n
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def run_parallel(args, deadline: float, argv: list[str]) -> int:
+    """Children: one per kind (this checkout), one for --legacy-src; wait for all of them."""
+    lock = args.gpu_lock or str(Path(args.output).with_suffix(".gpu.lock"))
+    base = _without(argv, {"--parallel": 0, "--kinds": -1, "--batch-sizes": -1, "--legacy-src": 1,
+                           "--legacy-commit": 1, "--legacy-interval-steps": 1, "--gpu-lock": 1, "--deadline-s": 1,
+                           "--deadline-epoch": 1})
+    common = ["--gpu-lock", lock] + (["--deadline-epoch", str(deadline)] if deadline else [])
+    children = []
+    for kind in args.kinds:  # one child per (kind, batch size): their compilations overlap
+        for batch in args.batch_sizes:
+            cmd = [sys.executable, __file__, *base, "--kinds", kind, "--batch-sizes", str(batch), *common]
+            children.append(subprocess.Popen(cmd, preexec_fn=lambda: _set_priority(10)))
+    if args.legacy_src:
+        env = dict(os.environ, FEDVLA_POLICY_SRC=args.legacy_src, FEDVLA_GIT_COMMIT=args.legacy_commit or "legacy")
+        cmd = [sys.executable, __file__, *_without(base, {"--modes": -1, "--interval-steps": 1}), "--modes", "eager",
+               "--interval-steps", str(args.legacy_interval_steps), "--kinds", *args.kinds,
+               "--batch-sizes", *map(str, args.batch_sizes), *common]
+        children.append(subprocess.Popen(cmd, env=env, preexec_fn=lambda: _set_priority(10)))
+    codes = [c.wait() for c in children]
+    print("children exited with", codes, flush=True)
+    return max(codes, default=0)
 
 
 if __name__ == "__main__":

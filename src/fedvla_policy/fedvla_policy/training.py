@@ -95,6 +95,9 @@ class TrainConfig:
                 "every token, masked: static shapes, no host sync) | sparse (gather/scatter per expert)."})
     channels_last: bool = field(default=True, metadata={
         "help": "channels_last memory format for the vision convolutions on CUDA (ignored on CPU)."})
+    cpu_bf16: bool = field(default=False, metadata={
+        "help": "bf16 autocast on the CPU too (needs a CPU with bf16 instructions, e.g. AVX512_BF16 or AMX; "
+                "fp32 master weights as on CUDA). Off: the CPU trains in fp32."})
     cpu_threads: int = field(default=0, metadata={
         "help": "torch intra-op threads while training on the CPU (0 = leave torch's setting); restored after."})
     sync_every: int = field(default=0, metadata={
@@ -286,9 +289,15 @@ def train(policy: FedVLAPolicy, dataset: Dataset | DeviceDataset, cfg: TrainConf
     threads_before = torch.get_num_threads()
     if device.type == "cpu" and cfg.cpu_threads and cfg.cpu_threads != threads_before:
         torch.set_num_threads(cfg.cpu_threads)
+    cudnn_benchmark, matmul_precision = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # static shapes: let cuDNN pick its fastest convolutions once
+        torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
     try:
         return _train(policy, dataset, cfg, device, eval_hook, reference_trunk, trainable_groups)
     finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        torch.set_float32_matmul_precision(matmul_precision)
         if torch.get_num_threads() != threads_before:
             torch.set_num_threads(threads_before)
 
@@ -311,7 +320,7 @@ def _train(policy, dataset, cfg: TrainConfig, device: torch.device, eval_hook, r
     total_steps = cfg.max_steps or cfg.epochs * math.ceil(len(data) / cfg.batch_size)
     compiled = cfg.resolved_compile(device, total_steps)
     cudagraphs = compiled and device.type == "cuda" and cfg.compile_mode in ("reduce-overhead", "max-autotune")
-    use_amp = cfg.amp and device.type == "cuda"
+    use_amp = cfg.amp and (device.type == "cuda" or (device.type == "cpu" and cfg.cpu_bf16))
     channels_last = cfg.channels_last and device.type == "cuda"
     sync_every = cfg.resolved_sync_every(device)
 
