@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine: demonstrations at scale, training and held-out evaluation of checkpoints/panda_base.
 # Prepared here by scripts/gpu/prepare_base_carry.sh; device run, carry [.gl, .carry_base]:
-#   PHASES="record_panda train_bg record_mw eval_old" bash scripts/gpu/base_policy.sh   # call 1
-#   PHASES="wait_train eval_new" bash scripts/gpu/base_policy.sh                        # call 2, right after
+#   PHASES="record_panda train_bg record_mw train_mw_bg eval_old" bash scripts/gpu/base_policy.sh   # call 1
+#   PHASES="wait_train eval_new eval_mw pack" bash scripts/gpu/base_policy.sh                      # call 2
 # train_bg starts the training variants in their own process session (setsid), so they outlive call 1 and
 # train while the CPU records Meta-World and evaluates the old base; call 2 (the machine stays warm and
 # keeps data/ while calls follow each other) waits for them. PHASES="record eval_old train eval_new" does
@@ -38,21 +38,24 @@ EPISODES=${EPISODES:-200}; EVAL_SEEDS=${EVAL_SEEDS:-50}; TRAIN_S=${TRAIN_S:-420}
 VARIANTS=${VARIANTS:-"b256:--batch-size 256 --lr 6e-4 --max-steps 6000;b512:--batch-size 512 --lr 1e-3 --max-steps 3500"}
 BASE_FLAGS="--model relative_action_dims=7 --model image_shift_aug=4 --model vision_stem=conv \
   --model spatial_keypoints=32 --model iosp_topk=16 --model proprio_dropout=0.3 --no-progress"
+MW_VARIANTS=${MW_VARIANTS:-"mw_central:--batch-size 256 --lr 6e-4 --max-steps 6000"}
+MW_BASE_FLAGS="--model vision_stem=conv --model spatial_keypoints=32 --model iosp_topk=16 --model proprio_dropout=0.3 \
+  --model image_shift_aug=4 --no-progress"
 EVAL_FLAGS=""
 [ -n "${EVAL_TASKS:-}" ] && EVAL_FLAGS="$EVAL_FLAGS --tasks $EVAL_TASKS"
 [ -n "${PHRASINGS:-}" ] && EVAL_FLAGS="$EVAL_FLAGS --phrasings $PHRASINGS"
 SIM="python3 -m fedvla_sim.cli"
 # Cores left for sims while training variants run in the background (2 cores kept for each).
-free_workers() { local n=$WORKERS; [ -f "$WORK/train.pids" ] && n=$((WORKERS - 2 * $(wc -l < "$WORK/train.pids"))); echo $((n > 0 ? n : 1)); }
+free_workers() { local n=$WORKERS; [ -f "$WORK/train.running" ] && n=$((WORKERS - 2 * $(wc -l < "$WORK/train.running"))); echo $((n > 0 ? n : 1)); }
 filter() { grep -v -e "EGLError" -e "Exception ignored" -e "glCheckError" -e "Loading weights" -e "it/s]" -e "ep/s]" || true; }
 
-for phase in ${PHASES:-record eval_old train eval_new}; do
+for phase in ${PHASES:-record eval_old train eval_new pack}; do
   log "phase $phase"
   case $phase in
   record|record_panda|record_mw)
     case $phase in record_panda) sel="--tasks $(python3 -c "from fedvla_sim.tasks import TASKS; print(' '.join('panda/' + t for t in TASKS))")";;
                    record_mw) sel="--tasks $(python3 -c "from fedvla_sim.metaworld_env import METAWORLD_TASKS as T; print(' '.join('metaworld/' + t for t in T))")" \
-                              ; [ -f "$WORK/train.pids" ] && sel="$sel --workers $(free_workers)";;
+                              ; sel="$sel --workers $(free_workers)";;
                    *) sel="";; esac
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/device.txt" || true
     # shellcheck disable=SC2086
@@ -66,30 +69,40 @@ for phase in ${PHASES:-record eval_old train eval_new}; do
       --workers "$free" --out "$WORK/old_base_eval.json" --media-dir "$WORK/media_old" 2>&1 | filter | tee "$WORK/eval_old.log"
     cp "$WORK/old_base_eval.json" "$OUT/"
     [ -d "$WORK/media_old" ] && tar czf "$OUT/media_old.tgz" -C "$WORK" media_old;;
-  train|train_bg|wait_train)
-    IFS=';' read -ra specs <<< "$VARIANTS"
+  train|train_bg|train_mw_bg|wait_train)
+    # Panda variants train on demos/panda, Meta-World ones (MW_VARIANTS) on demos/metaworld; the names of the
+    # running ones are in train.running, so wait_train (or train) waits for every variant started so far.
+    if [ "$phase" = train_mw_bg ]; then specs_text=$MW_VARIANTS; suite=metaworld; flags0=$MW_BASE_FLAGS
+    else specs_text=$VARIANTS; suite=panda; flags0=$BASE_FLAGS; fi
     if [ "$phase" != wait_train ]; then
-      : > "$WORK/train.pids"
+      IFS=';' read -ra specs <<< "$specs_text"
       for spec in "${specs[@]}"; do
         name=${spec%%:*}; flags=${spec#*:}
         [ -f "$WORK/variants/$name/config.json" ] && continue
-        echo "python3 -m fedvla_policy.train_cli --episodes $WORK/demos/panda/* --output $WORK/variants/$name \
---device ${TRAIN_DEVICE:-cuda} --max-time-s $TRAIN_S $BASE_FLAGS $flags" > "$WORK/$name.train.cmd"
-        # shellcheck disable=SC2086
+        echo "python3 -m fedvla_policy.train_cli --episodes $WORK/demos/$suite/* --output $WORK/variants/$name \
+--device ${TRAIN_DEVICE:-cuda} --max-time-s $TRAIN_S $flags0 $flags" > "$WORK/$name.train.cmd"
         setsid bash "$WORK/$name.train.cmd" > "$WORK/$name.train.log" 2>&1 < /dev/null &
-        echo $! >> "$WORK/train.pids"
+        echo "$name" >> "$WORK/train.running"
       done
-      log "training $(wc -l < "$WORK/train.pids") variant(s): $VARIANTS"
+      log "training in the background: $specs_text"
     fi
-    if [ "$phase" != train_bg ]; then
-      for spec in "${specs[@]}"; do
-        name=${spec%%:*}
+    if [ "$phase" = train ] || [ "$phase" = wait_train ]; then
+      for name in $(cat "$WORK/train.running" 2>/dev/null); do
         while [ ! -f "$WORK/variants/$name/metrics.json" ] && pgrep -f -- "--output $WORK/variants/$name " >/dev/null; do
           sleep 5; done
         tail -2 "$WORK/$name.train.log"
       done
-      rm -f "$WORK/train.pids"
+      rm -f "$WORK/train.running"
     fi;;
+  eval_mw)
+    IFS=';' read -ra specs <<< "$MW_VARIANTS"
+    for spec in "${specs[@]}"; do
+      name=${spec%%:*}
+      [ -f "$WORK/$name.eval.json" ] || $SIM eval-suite --suite metaworld --checkpoint "$WORK/variants/$name" \
+        --seeds "$EVAL_SEEDS" ${MW_PHRASINGS:+--phrasings $MW_PHRASINGS} --workers "$(free_workers)" \
+        --out "$WORK/$name.eval.json" --media-dir "$WORK/media_$name" > "$WORK/$name.eval.log" 2>&1
+      python3 -c "import json; r = json.load(open('$WORK/$name.eval.json')); print('$name', r['per_task_success'], r['mean_success'])"
+    done;;
   eval_new)
     IFS=';' read -ra specs <<< "$VARIANTS"
     n=${#specs[@]}
@@ -121,10 +134,18 @@ import sys
 from fedvla_policy.model import FedVLAPolicy
 FedVLAPolicy.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2], max_shard_size="12MB")
 PY
-    echo "$best" > "$WORK/best.txt"
-    # panda_base/ (4 files) + this tarball: the chosen variant's eval.json, train log and metrics are in it
-    tar czf "$OUT/evals_media.tgz" -C "$WORK" best.txt $(cd "$WORK" && ls *.eval.json *.eval.log *.train.log *.train.cmd \
-      variants/*/metrics.json; ls -d media_* 2>/dev/null | grep -v media_old);;
+    echo "$best" > "$WORK/best.txt";;
+  eval_te)
+    # the chosen variant once more with ACT temporal ensembling (TE = its weight m), trained phrasings only
+    best=$(cat "$WORK/best.txt")
+    [ -f "$WORK/${best}_te.eval.json" ] || $SIM eval-suite --checkpoint "$WORK/variants/$best" --seeds "$EVAL_SEEDS" \
+      $EVAL_FLAGS --phrasings trained --temporal-ensemble "${TE:-0.1}" --workers "$(free_workers)" \
+      --out "$WORK/${best}_te.eval.json" > "$WORK/${best}_te.eval.log" 2>&1
+    python3 -c "import json; r = json.load(open('$WORK/${best}_te.eval.json')); print('te', r['per_task_success'], r['mean_success'])";;
+  pack)
+    # with eval_new's panda_base/ (4 files): one tarball of every eval, log, training command and failure GIF
+    tar czf "$OUT/evals_media.tgz" -C "$WORK" $(cd "$WORK" && ls best.txt *.eval.json *.eval.log *.train.log \
+      *.train.cmd variants/*/metrics.json 2>/dev/null; ls -d media_* 2>/dev/null | grep -v media_old);;
   *) echo "unknown phase $phase"; exit 2;;
   esac
 done
