@@ -18,9 +18,10 @@ t0=$SECONDS
 log() { echo "[base $(date -u +%H:%M:%S) +$((SECONDS - t0))s] $*"; }
 # --- environment: carried wheels, EGL loader, assets, instruction embeddings ---------------------------------
 if [ -d .gl ] && ! ldconfig -p | grep -q libEGL.so.1; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
-if ! python3 -c "import mujoco" 2>/dev/null && [ ! -d /tmp/site/mujoco ]; then
+if ! python3 -c "import mujoco" 2>/dev/null && [ "$(cat /tmp/site/.installed 2>/dev/null)" != "$(ls .carry_base/whl)" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .carry_base/whl/*.whl 2>&1 | grep -v "WARNING: Target directory" || true
+  ls .carry_base/whl > /tmp/site/.installed
 fi
 # The policy and episode packages come from the commit snapshot in .carry_base/head when there is one (what
 # was committed when the carry was prepared), so other engineers' half-done edits never travel into a run.

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/../.."
 [ -d .whl ] && [ -d .carry_mw/mw_site ] && [ -d .gl ] || bash scripts/gpu/prepare_carry.sh
 rm -rf .carry_base && mkdir -p .carry_base/whl
 for f in .whl/*.whl; do case "$f" in *zstandard*|*toppra*) ;; *) ln -f "$f" .carry_base/whl/;; esac; done
+ln -f .whl_mw/glfw-*.whl .carry_base/whl/  # metaworld imports glfw (never opens a window: MUJOCO_GL=egl)
 mkdir -p .carry_base/franka_assets
 (cd .carry_panda/franka_assets && cp -r --parents $(find . -path ./meshes/visual -prune -o -type f -print) \
   "$OLDPWD/.carry_base/franka_assets/")
