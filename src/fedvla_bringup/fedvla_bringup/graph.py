@@ -27,15 +27,40 @@ POLICY_SERVER = ("fedvla_policy", "policy_server", "fedvla_policy.server_node", 
 FED_CLIENT = ("fedvla_fed_client", "fed_client", "fedvla_fed_client.client_node", "fed_client", "fed_client.yaml")
 
 
+def parse_bool(text: str | bool, name: str) -> bool:
+    """A launch argument or CLI value as a bool ('true'/'false', also 1/0, yes/no, on/off).
+
+    Why: launch arguments arrive as strings, and a typo such as `insecure:=ture` must fail with the
+    argument's name instead of silently meaning false.
+    """
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"{name}: expected true or false, got {text!r}")
+
+
 def robot_graph(*, sim: bool, checkpoint: str = "", episode_dir: str = "", robot_id: str = "robot1",
-                with_fed_client: bool = True, sim_tasks: list[str] | None = None) -> list[NodeSpec]:
-    """The nodes of one robot: (sim arm,) policy action server, (fed client)."""
+                with_fed_client: bool = True, sim_tasks: list[str] | None = None, federation: bool = True,
+                insecure: bool = False, root_certificates: str = "", auth_private_key: str = "",
+                superlink: str = "", checkpoint_root: str = "") -> list[NodeSpec]:
+    """The nodes of one robot: (sim arm,) policy action server, (fed client).
+
+    federation=False sets the fed client's federation_enabled:=false (it logs episodes only and says that
+    rounds are off). Without certificates and without insecure it turns rounds off by itself, with the
+    reason, so a robot without a federation starts all the same. Empty strings keep the YAML's values.
+    """
     nodes = []
     if sim:
         params = {"task": sim_tasks[0]} if sim_tasks else {}  # the fleet demo resets to its other tasks
         nodes.append(NodeSpec(*SIM_ROBOT, parameters=params,
                               role="MuJoCo Panda: cameras, joint_states, task_success; follows JointTrajectory"))
     policy_params = {"checkpoint": checkpoint} if checkpoint else {}
+    if checkpoint_root:
+        policy_params["checkpoint_root"] = checkpoint_root
     if sim:  # plan within the sim arm's own joint ranges (its MJCF's, not the datasheet's)
         from fedvla_sim.scene import arm_position_limits
 
@@ -43,9 +68,12 @@ def robot_graph(*, sim: bool, checkpoint: str = "", episode_dir: str = "", robot
     nodes.append(NodeSpec(*POLICY_SERVER, parameters=policy_params,
                           role="ExecuteInstruction action server: VLA policy -> JointTrajectory"))
     if with_fed_client:
-        fed_params = {"robot_id": robot_id}
-        if episode_dir:
-            fed_params["episode_dir"] = episode_dir
+        fed_params = {"robot_id": robot_id, "federation_enabled": bool(federation), "insecure": bool(insecure)}
+        for name, value in (("episode_dir", episode_dir), ("base_checkpoint", checkpoint),
+                            ("superlink_address", superlink), ("root_certificates", root_certificates),
+                            ("auth_private_key", auth_private_key)):
+            if value:
+                fed_params[name] = value
         nodes.append(NodeSpec(*FED_CLIENT, parameters=fed_params,
                               role="episode logger + round scheduler + Flower SuperNode supervisor"))
     return nodes

@@ -59,7 +59,12 @@ class NodeProcesses:
         """Processes that exited, with their exit codes."""
         return {k: p.returncode for k, p in self.procs.items() if p.poll() is not None}
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> dict[str, int]:
+        """SIGINT to every node still running, SIGKILL to those not gone after `timeout`; the exit codes.
+
+        Safe to call twice (the context manager's exit calls it again): the second call finds every
+        process gone and returns the same codes.
+        """
         for p in self.procs.values():
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGINT)
@@ -71,6 +76,7 @@ class NodeProcesses:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         self._tmp.cleanup()
+        return {k: p.returncode for k, p in self.procs.items()}
 
     def __enter__(self):
         return self
