@@ -9,8 +9,10 @@
 #   3. The rosidl path fix: the ROS wheels were built under /opt/python/cp311-cp311 and bake
 #      that include path into their CMake exports; point them at this interpreter.
 #   4. src/fedvla_msgs built with ament_cmake + rosidl and installed into the venv prefix.
-#   5. Every ament_python package in src/ installed editable, with its ament index marker,
-#      package.xml, launch/ and config/ linked under .venv/share/<pkg> (like colcon --symlink-install).
+#   5. Every ament_python package in src/ installed editable, then laid out as colcon would
+#      (scripts/ament_layout.py): ament index marker, package.xml and each launch/config file linked
+#      under .venv/share/<pkg>/ (like colcon --symlink-install), console scripts reachable as
+#      .venv/lib/<pkg>/<exe> for `ros2 run` and launch_ros.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 V="$ROOT/.venv"
@@ -96,10 +98,9 @@ for setup in "$ROOT"/src/*/setup.py; do
     quiet_pip install --no-deps --no-build-isolation -e "$pkgdir"
     stamp_set "$pkg" "$h"
   fi
-  share="$V/share/$pkg"
-  mkdir -p "$share" "$V/share/ament_index/resource_index/packages"
-  touch "$V/share/ament_index/resource_index/packages/$pkg"
-  ln -sfn "$pkgdir/package.xml" "$share/package.xml"
-  for d in launch config; do [[ -d "$pkgdir/$d" ]] && ln -sfn "$pkgdir/$d" "$share/$d"; done
 done
+# share/<pkg>/{launch,config} as real directories of per-file links (ros2launch's os.walk does not enter a
+# linked folder), package.xml + ament index marker, and lib/<pkg>/<exe> wrappers of the console scripts
+# (`ros2 run` and launch_ros look there; pip writes bin/). Idempotent; stale links are removed.
+"$V/bin/python" "$ROOT/scripts/ament_layout.py" --prefix "$V" --quiet >&2
 log "ready: $V"
