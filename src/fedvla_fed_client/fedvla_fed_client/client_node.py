@@ -29,10 +29,8 @@ from collections import deque
 from dataclasses import fields
 from pathlib import Path
 
-import rclpy
 from action_msgs.msg import GoalStatus, GoalStatusArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rcl_interfaces.msg import ParameterDescriptor
@@ -55,6 +53,7 @@ from fedvla_msgs.srv import LoadCheckpoint, RunExpert, TriggerRound
 from fedvla_policy.gil import use_short_gil_switch_interval
 from fedvla_policy.image_conversion import image_to_numpy, to_rgb
 from fedvla_policy.input_sync import StampedHistory, stamp_seconds
+from fedvla_policy.node_main import run_node
 
 TERMINAL = {GoalStatus.STATUS_SUCCEEDED: "succeeded", GoalStatus.STATUS_CANCELED: "canceled",
             GoalStatus.STATUS_ABORTED: "aborted"}
@@ -490,19 +489,10 @@ def trainer_thread_env(threads: int) -> dict[str, str]:
 
 
 def main(args=None) -> int:
+    """Run the fed client until Ctrl-C; exit 0 (fedvla_policy.node_main). 4 threads: sensors, recording,
+    schedule, goals/services."""
     use_short_gil_switch_interval()  # the recorder's sensor callbacks must keep up (see fedvla_policy.gil)
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = FedClientNode()
-    executor = MultiThreadedExecutor(num_threads=4)  # sensors, recording, schedule, goals/services
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(FedClientNode, num_threads=4, args=args)
 
 
 if __name__ == "__main__":

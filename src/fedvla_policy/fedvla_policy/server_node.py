@@ -48,11 +48,9 @@ import uuid
 from dataclasses import fields
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Duration
 from rclpy.action import ActionClient, ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -70,6 +68,7 @@ from fedvla_policy.image_conversion import image_to_numpy, to_rgb
 from fedvla_policy.input_checks import InputRejected, LogLimiter, bounded, joint_state_values, trajectory_problem
 from fedvla_policy.instruction_grounding import InstructionGrounder, trained_instructions
 from fedvla_policy.gil import use_short_gil_switch_interval
+from fedvla_policy.node_main import run_node
 from fedvla_policy.motion import (PANDA_LIMITS, JointLimits, MotionConfig, MotionRejected, hold_trajectory,
                                   make_backend, moveit_available, stop_trajectory)
 from fedvla_policy.input_sync import stamp_seconds
@@ -703,21 +702,9 @@ class PolicyServer(Node):
 
 
 def main(args=None) -> int:
+    """Run the policy server until Ctrl-C; exit 0 (fedvla_policy.node_main)."""
     use_short_gil_switch_interval()
-    rclpy.init(args=args)
-    node = PolicyServer()
-    executor = MultiThreadedExecutor(num_threads=6)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node(PolicyServer, num_threads=6, args=args)
 
 
 if __name__ == "__main__":

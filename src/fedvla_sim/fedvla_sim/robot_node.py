@@ -28,10 +28,8 @@ import os
 import threading
 import time
 
-import rclpy
 from builtin_interfaces.msg import Duration
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -40,6 +38,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from fedvla_fed_client.input_checks import bounded
 from fedvla_msgs.srv import ResetTask, RunExpert
+from fedvla_policy.node_main import run_node
 from fedvla_sim.sim_robot import SimRobot, SimRobotConfig
 from fedvla_sim.tasks import TASKS
 from fedvla_sim.trajectory import TrajectoryRejected
@@ -264,29 +263,17 @@ class SimRobotNode(Node):
 #: for every MuJoCo step while the camera thread and the executor's timers compete for it; at 5 ms the
 #: physics fell behind real time and camera frames and joint states stopped for ~1 s at a time during
 #: policy goals (single-robot probe, 2-core machine); at 0.5 ms the largest gap was 0.13 s. Same setting
-#: and reason as the policy server's (fedvla_policy.gil; this package does not depend on fedvla_policy).
+#: and reason as the policy server's (fedvla_policy.gil).
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
-def main(args=None) -> None:
+def main(args=None) -> int:
+    """Run the sim robot until Ctrl-C; exit 0 (fedvla_policy.node_main); the physics and camera threads stop first."""
     import sys
 
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    rclpy.init(args=args)
-    node = SimRobotNode()
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.shutdown()
-        executor.shutdown()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
+    return run_node(SimRobotNode, num_threads=4, args=args, before_destroy=lambda node: node.shutdown())
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
