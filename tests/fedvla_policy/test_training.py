@@ -295,3 +295,23 @@ def test_train_accepts_a_device_dataset_and_reports_its_engine():
     assert engine["data_device"] == "cpu" and engine["threads"] == 1 and engine["sync_every"] == 1
     with pytest.raises(ValueError, match="TrainConfig.compile"):
         TrainConfig(compile="maybe")
+
+
+
+def test_time_schedule_anneals_within_the_time_budget_whatever_the_step_rate():
+    """schedule_clock=time: the run stops once the budget (counted after the first step) is spent, with the
+    learning rate annealed to ~0 by the cosine over elapsed time, though max_steps alone would run far longer."""
+    import time
+
+    start = time.perf_counter()
+    metrics = train(tiny_policy(), TinyEpisodes(), TrainConfig(
+        max_steps=100_000, batch_size=4, lr=1e-3, warmup=2, progress=False, device="cpu",
+        schedule_clock="time", max_time_s=1.5))
+    took = time.perf_counter() - start
+    assert 1.5 <= took < 30
+    assert 2 < metrics["steps"] < 100_000
+    assert metrics["final_lr"] < 1e-3 * 0.01
+    with pytest.raises(ValueError, match="schedule_clock"):
+        TrainConfig(schedule_clock="time")  # needs max_time_s
+    with pytest.raises(ValueError, match="schedule_clock"):
+        TrainConfig(schedule_clock="epochs", max_time_s=1.0)

@@ -62,6 +62,29 @@ class NonFiniteLossError(RuntimeError):
         self.step, self.what, self.value = step, what, value
 
 
+class _TimeClock:
+    """Progress of a time-based schedule: 0 at the end of the first step (after compilation), 1 at max_time_s."""
+
+    def __init__(self, duration_s: float):
+        self.duration_s, self.start = duration_s, None
+
+    def started_if_not(self) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def fraction(self) -> float:
+        return 0.0 if self.start is None else min((time.perf_counter() - self.start) / self.duration_s, 1.0)
+
+    def done(self) -> bool:
+        return self.fraction() >= 1.0
+
+    def lr_factor(self, step: int, warmup: int) -> float:
+        """Linear warm-up over `warmup` steps, then a cosine over the elapsed fraction of the time budget."""
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return 0.5 * (1.0 + math.cos(math.pi * self.fraction()))
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of one call to :func:`train`."""
@@ -83,6 +106,10 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar."})
     max_time_s: float = field(default=0.0, metadata={"help": "Stop after this many seconds of training (0 = no limit); "
                                                               "a guard for time-boxed runs, the schedule is not shortened."})
+    schedule_clock: str = field(default="steps", metadata={
+        "help": "What the cosine learning-rate schedule runs over: steps (max_steps) | time (max_time_s, counted "
+                "from the end of the first step so compilation is excluded; max_steps then only caps the run). "
+                "Time lets a time-boxed run anneal fully whatever its step rate on the machine turns out to be."})
     loss_window: int = field(default=20, metadata={"help": "Steps averaged into the reported final loss."})
     compile: str = field(default="auto", metadata={
         "help": f"torch.compile forward+loss: on | off | auto (on for CUDA runs of >= {COMPILE_MIN_STEPS} steps; "
@@ -126,6 +153,9 @@ class TrainConfig:
         need(self.moe_dispatch in ("auto", "dense", "sparse"), "moe_dispatch", "must be auto, dense or sparse")
         need(self.cpu_threads >= 0, "cpu_threads", "must be >= 0")
         need(self.sync_every >= 0, "sync_every", "must be >= 0")
+        need(self.schedule_clock in ("steps", "time"), "schedule_clock", "must be steps or time")
+        need(self.schedule_clock == "steps" or self.max_time_s > 0, "schedule_clock",
+             "time needs max_time_s > 0")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -332,7 +362,11 @@ def _train(policy, dataset, cfg: TrainConfig, device: torch.device, eval_hook, r
         policy.use_channels_last(True)  # before the optimizer: it converts the conv weights in place
     params = [p for n, p in policy.named_parameters() if n in trainable]
     optimizer, fused = _adamw(params, cfg)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup, max(total_steps - 1, 0)), total_steps)
+    clock = _TimeClock(cfg.max_time_s) if cfg.schedule_clock == "time" else None
+    if clock is None:
+        scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup, max(total_steps - 1, 0)), total_steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: clock.lr_factor(s, cfg.warmup))
     guard = _NonFiniteGuard(device)
     if fused:
         optimizer.found_inf = guard.found_inf  # read by the fused kernel: a non-finite step is skipped on device
@@ -410,9 +444,14 @@ def _train(policy, dataset, cfg: TrainConfig, device: torch.device, eval_hook, r
                 step += 1
                 seen += stream.batch_size
                 bar.update(1)
+                if clock is not None:
+                    clock.started_if_not()
+                    if clock.done():
+                        total_steps = step  # the time schedule has annealed to its end
+                        break
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
                     run_eval(step)
-                if cfg.max_time_s and time.perf_counter() - start > cfg.max_time_s:
+                if clock is None and cfg.max_time_s and time.perf_counter() - start > cfg.max_time_s:
                     total_steps = step  # time box reached: stop here
                     break
             guard.check()
@@ -439,6 +478,7 @@ def _train(policy, dataset, cfg: TrainConfig, device: torch.device, eval_hook, r
         "mean_active_experts": policy.mean_active_experts(),
         "expert_counts": policy.expert_counts(),
         "lr": cfg.lr,
+        "final_lr": optimizer.param_groups[0]["lr"],
         "evals": evals,
         "config": asdict(cfg),
         "engine": {"compiled": compiled, "cuda_graphs": cudagraphs, "amp_bf16": use_amp,
