@@ -12,7 +12,7 @@
 # variants, evals) on the machine; only small results go to $OUT (at most 8 files, each < 16 MB).
 # Knobs: EPISODES (200 per task), EVAL_SEEDS (50), TRAIN_S (time guard per variant; the variants train at
 # once), VARIANTS ("name:fedvla-train flags;...": give each --max-steps so its cosine schedule ends within
-# TRAIN_S), WORKERS (one per core), EVAL_TASKS and PHRASINGS (default: all tasks, both phrasing sets).
+# TRAIN_S), WAIT_NAMES (wait_train waits only for these variants), THROUGHPUT_S (deadline of throughput_bg), WORKERS (one per core), EVAL_TASKS and PHRASINGS (default: all tasks, both phrasing sets).
 set -euo pipefail
 t0=$SECONDS
 log() { echo "[base $(date -u +%H:%M:%S) +$((SECONDS - t0))s] $*"; }
@@ -36,10 +36,13 @@ OUT=${OUT:-out}; mkdir -p "$OUT"
 WORK=${WORK:-data/base}; mkdir -p "$WORK"
 WORKERS=${WORKERS:-$(nproc)}
 EPISODES=${EPISODES:-200}; EVAL_SEEDS=${EVAL_SEEDS:-50}; TRAIN_S=${TRAIN_S:-420}
-VARIANTS=${VARIANTS:-"b256:--batch-size 256 --lr 6e-4 --max-steps 6000;b512:--batch-size 512 --lr 1e-3 --max-steps 3500"}
+# --schedule-clock time: each variant's cosine runs over TRAIN_S (after compilation), so it anneals fully at
+# whatever step rate the machine gives; --max-steps only caps the run.
+CLOCK="--schedule-clock time --max-steps 200000"
+VARIANTS=${VARIANTS:-"b256:--batch-size 256 --lr 6e-4 $CLOCK;b512:--batch-size 512 --lr 1e-3 $CLOCK;b256_h20:--batch-size 256 --lr 6e-4 --model chunk_size=20 $CLOCK"}
 BASE_FLAGS="--model relative_action_dims=7 --model image_shift_aug=4 --model vision_stem=conv \
   --model spatial_keypoints=32 --model iosp_topk=16 --model proprio_dropout=0.3 --no-progress"
-MW_VARIANTS=${MW_VARIANTS:-"mw_central:--batch-size 256 --lr 6e-4 --max-steps 6000"}
+MW_VARIANTS=${MW_VARIANTS:-"mw_central:--batch-size 256 --lr 6e-4 $CLOCK"}
 MW_BASE_FLAGS="--model vision_stem=conv --model spatial_keypoints=32 --model iosp_topk=16 --model proprio_dropout=0.3 \
   --model image_shift_aug=4 --no-progress"
 EVAL_FLAGS=""
@@ -64,6 +67,19 @@ for phase in ${PHASES:-record eval_old train eval_new pack}; do
       --manifest "$WORK/demos/manifest_$phase.json" ${RECORD_FLAGS:-} $sel 2>&1 | filter | tee "$WORK/$phase.log"
     du -sh "$WORK"/demos/*/* | tee -a "$WORK/$phase.log"
     cp "$WORK/demos/manifest_$phase.json" "$WORK/$phase.log" "$OUT/";;
+  throughput_bg)
+    # benchmarks/train_throughput.py (issue 13's table) in its own session: one child per FFN kind x batch size,
+    # plus the engine before the device-resident path (.carry_base/legacy); timed parts take a lock, one at a time.
+    export FEDVLA_POLICY_SRC=$HEAD_SRC/fedvla_policy FEDVLA_GIT_COMMIT=$(cat .carry_base/head/COMMIT 2>/dev/null || echo unknown)
+    setsid python3 benchmarks/train_throughput.py --device cuda --parallel --deadline-s "${THROUGHPUT_S:-200}" \
+      --legacy-src .carry_base/legacy/src/fedvla_policy --legacy-commit "$(cat .carry_base/legacy/COMMIT)" \
+      --label "${THROUGHPUT_LABEL:-recording demos on the CPU cores meanwhile}" --output "$WORK/train_throughput.json" \
+      > "$WORK/throughput.log" 2>&1 < /dev/null &
+    echo $! > "$WORK/throughput.pid";;
+  throughput_wait)
+    while kill -0 "$(cat "$WORK/throughput.pid")" 2>/dev/null; do sleep 3; done
+    grep -e "ms/step" -e "children exited" "$WORK/throughput.log" | tail -40 || true
+    cp "$WORK/train_throughput.json" "$WORK/throughput.log" "$OUT/" 2>/dev/null || true;;
   eval_old)
     free=$(free_workers)
     [ -f "$WORK/old_base_eval.json" ] || $SIM eval-suite --checkpoint checkpoints/panda_base --seeds "$EVAL_SEEDS" $EVAL_FLAGS \
@@ -88,12 +104,12 @@ for phase in ${PHASES:-record eval_old train eval_new pack}; do
       log "training in the background: $specs_text"
     fi
     if [ "$phase" = train ] || [ "$phase" = wait_train ]; then
-      for name in $(cat "$WORK/train.running" 2>/dev/null); do
+      for name in ${WAIT_NAMES:-$(cat "$WORK/train.running" 2>/dev/null)}; do
         while [ ! -f "$WORK/variants/$name/metrics.json" ] && pgrep -f -- "--output $WORK/variants/$name " >/dev/null; do
           sleep 5; done
         tail -2 "$WORK/$name.train.log"
       done
-      rm -f "$WORK/train.running"
+      [ -n "${WAIT_NAMES:-}" ] || rm -f "$WORK/train.running"
     fi;;
   eval_mw)
     IFS=';' read -ra specs <<< "$MW_VARIANTS"

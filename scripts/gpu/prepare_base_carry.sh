@@ -19,6 +19,9 @@ cp -r .carry_mw/mw_site .carry_base/mw_site
 # The committed policy and episode packages (base_policy.sh prefers them to the working tree's).
 mkdir -p .carry_base/head && git archive HEAD src/fedvla_policy src/fedvla_fed_client | tar -x -C .carry_base/head
 git rev-parse HEAD > .carry_base/head/COMMIT
+# The policy package before the device-resident engine (a2a5739), for train_throughput.py's before/after rows.
+mkdir -p .carry_base/legacy && git archive a2a5739^ src/fedvla_policy | tar -x -C .carry_base/legacy
+git rev-parse a2a5739^ > .carry_base/legacy/COMMIT
 .venv/bin/python - <<'PY'
 from fedvla_policy.model.encoders import FrozenSentenceEncoder
 from fedvla_sim.batched_eval import PHRASING_SETS, phrasings_of
