@@ -16,8 +16,10 @@ Because only train() and TrainConfig are used, the same script measures older co
 and options the checked-out TrainConfig does not have are skipped (the row's `engine` says which
 loop ran: "device" for the device-resident fast path, "legacy" for the DataLoader loop before it).
 
-Rows are merged into the output JSON by (device_name, engine, ffn_kind, mode, batch_size, threads):
-a rerun replaces its own rows, rows of other machines stay.
+Rows are merged into the output JSON by (device_name, engine, ffn_kind, mode, batch_size, threads,
+precision): a rerun replaces its own rows, rows of other machines stay. On a shared machine, run
+several rounds into separate files, alternating the engines, and --aggregate them: each row then
+keeps the median round (repeat_step_ms lists them all).
 
     .venv/bin/python benchmarks/train_throughput.py --device cpu --batch-sizes 16 64 --repeats 3
     python3 benchmarks/train_throughput.py --device cuda --output $OUT/train_throughput.json
@@ -64,7 +66,7 @@ TABLE1_CONFIG = REPO / "benchmarks" / "configs" / "metaworld_table1_full.yaml"
 INSTRUCTIONS = ("lock the door", "close the drawer", "sweep the puck into the hole", "open the window")
 HOST_LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
                      "cudaGraphLaunch", "cuGraphLaunch", "cudaLaunchCooperativeKernel")
-KEY = ("device_name", "engine", "ffn_kind", "mode", "batch_size", "threads")
+KEY = ("device_name", "engine", "ffn_kind", "mode", "batch_size", "threads", "precision")
 
 
 def table1_model_config(kind: str) -> FedVLAConfig:
@@ -245,6 +247,8 @@ def measure(kind: str, mode: str, batch: int, args, device: torch.device, data, 
         "train_config": {k: v for k, v in kw.items() if k not in ("device",)},
         "torch": torch.__version__,
     }
+    engine = metrics.get("engine", {})
+    row["precision"] = "bf16" if engine.get("amp_bf16", device.type == "cuda") else "fp32"
     if args.profile:
         row.update(count_profile(clock.profiler_done, args.interval_steps, device))
     for key in ("compile_mode", "moe_dispatch", "amp"):
@@ -318,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline-s", type=float, default=0.0,
                    help="Start no new row after this many seconds (0: no limit); children get the parent's clock.")
     p.add_argument("--deadline-epoch", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--aggregate", nargs="+", metavar="JSON", default=None,
+                   help="Only merge the rows of these files into --output, keeping per key the median run.")
     p.add_argument("--write-language-cache", metavar="PATH", default=None,
                    help="Only write the MiniLM embeddings of the benchmark's instructions to PATH and exit.")
     return p
@@ -333,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             args.write_language_cache, list(INSTRUCTIONS))
         print(f"wrote {args.write_language_cache}")
         return 0
+    if args.aggregate:
+        return aggregate(args.aggregate, Path(args.output))
     deadline = args.deadline_epoch or (time.time() + args.deadline_s if args.deadline_s else 0.0)
     if args.parallel:
         return run_parallel(args, deadline, argv if argv is not None else sys.argv[1:])
@@ -382,6 +390,24 @@ def main(argv: list[str] | None = None) -> int:
                 merge([row], Path(args.output))
     print(json.dumps([{k: r[k] for k in ("engine", "ffn_kind", "mode", "batch_size", "step_ms", "samples_per_s")}
                       for r in rows]), flush=True)
+    return 0
+
+
+def aggregate(files: list[str], output: Path) -> int:
+    """Rows of several runs (e.g. interleaved rounds on a shared CPU) -> per key the median run, merged."""
+    groups: dict[tuple, list[dict]] = {}
+    for f in files:
+        for row in json.loads(Path(f).read_text()).get("rows", []):
+            groups.setdefault(tuple(row.get(k) for k in KEY), []).append(row)
+    rows = []
+    for runs in groups.values():
+        runs.sort(key=lambda r: r["step_ms"])
+        row = dict(runs[len(runs) // 2])
+        row["repeat_step_ms"] = [r["step_ms"] for r in runs]
+        row["repeats"] = len(runs)
+        rows.append(row)
+    merge(rows, output)
+    print(f"merged {len(rows)} rows (median of {[len(g) for g in groups.values()]} runs) into {output}")
     return 0
 
 
