@@ -30,6 +30,15 @@ TENSOR_KEYS = ("images", "proprio", "actions", "action_is_pad", "masks")
 GPU_MEMORY_SHARE = 0.6
 
 
+def concrete_device(device: torch.device | str) -> torch.device:
+    """`device` with its index ("cuda" -> "cuda:0"), as tensors report it: the storage-vs-training device test in
+    gather() compares the two, and torch.device("cuda") != torch.device("cuda:0")."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class DeviceDataset:
     """Samples as stacked tensors on one device; :meth:`gather` turns an index tensor into a batch.
 
@@ -49,7 +58,7 @@ class DeviceDataset:
             raise ValueError("DeviceDataset: samples need images, proprio and actions")
         if language[0].shape[0] != len(instructions):
             raise ValueError("DeviceDataset: one language row per unique instruction is needed")
-        self.device = torch.device(device)
+        self.device = concrete_device(device)
         self.tensors = dict(tensors)
         if "action_is_pad" not in self.tensors:
             self.tensors["action_is_pad"] = torch.zeros(self.tensors["actions"].shape[:2], dtype=torch.bool,
@@ -67,7 +76,7 @@ class DeviceDataset:
         language_encoder: anything with ``table(texts, device) -> (pooled, tokens, mask)``
         (FrozenSentenceEncoder; the policy's ``language_encoder``).
         """
-        device = torch.device(device)
+        device = concrete_device(device)
         n = len(dataset)
         if n == 0:
             raise ValueError("DeviceDataset: the dataset is empty")
@@ -120,7 +129,7 @@ class DeviceDataset:
 
     def gather(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """The batch of samples `idx` (a long tensor on the training device): index gathers only."""
-        if self.storage_device != self.device:  # host-resident fallback: gather on the host, copy async
+        if self.storage_device != self.device and self.storage_device.type == "cpu":  # host-resident fallback: gather on the host, copy async
             host_idx = idx.to(self.storage_device)
             batch = {k: t.index_select(0, host_idx).pin_memory().to(self.device, non_blocking=True)
                      for k, t in self.tensors.items()}
