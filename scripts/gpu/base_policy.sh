@@ -111,6 +111,10 @@ for phase in ${PHASES:-record eval_old train eval_new pack}; do
       done
       [ -n "${WAIT_NAMES:-}" ] || rm -f "$WORK/train.running"
     fi;;
+  train_peek)
+    # the running variants' first log lines after PEEK_S seconds (a crash shows before the next call)
+    sleep "${PEEK_S:-45}"
+    for name in $(cat "$WORK/train.running" 2>/dev/null); do echo "== $name"; grep -v "Loading weights" "$WORK/$name.train.log" | tail -3; done;;
   eval_mw)
     IFS=';' read -ra specs <<< "$MW_VARIANTS"
     for spec in "${specs[@]}"; do
