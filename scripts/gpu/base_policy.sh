@@ -71,8 +71,11 @@ for phase in ${PHASES:-record eval_old train eval_new pack}; do
     # benchmarks/train_throughput.py (issue 13's table) in its own session: one child per FFN kind x batch size,
     # plus the engine before the device-resident path (.carry_base/legacy); timed parts take a lock, one at a time.
     export FEDVLA_POLICY_SRC=$HEAD_SRC/fedvla_policy FEDVLA_GIT_COMMIT=$(cat .carry_base/head/COMMIT 2>/dev/null || echo unknown)
+    legacy=(--legacy-src .carry_base/legacy/src/fedvla_policy --legacy-commit "$(cat .carry_base/legacy/COMMIT)")
+    [ "${THROUGHPUT_LEGACY:-1}" = 1 ] || legacy=()
+    # shellcheck disable=SC2086
     setsid python3 benchmarks/train_throughput.py --device cuda --parallel --deadline-s "${THROUGHPUT_S:-200}" \
-      --legacy-src .carry_base/legacy/src/fedvla_policy --legacy-commit "$(cat .carry_base/legacy/COMMIT)" \
+      --kinds ${THROUGHPUT_KINDS:-dgmoe topk dense} "${legacy[@]}" \
       --label "${THROUGHPUT_LABEL:-recording demos on the CPU cores meanwhile}" --output "$WORK/train_throughput.json" \
       > "$WORK/throughput.log" 2>&1 < /dev/null &
     echo $! > "$WORK/throughput.pid";;
