@@ -96,7 +96,7 @@ def run_rounds(handles: list[RobotHandle], server: subprocess.Popen, rounds: int
             if last.get(h.namespace) != line:
                 _log(f"{h.namespace} {line}")
                 last[h.namespace] = line
-            if s is not None and s.round < rounds and s.state not in ("ready", "training"):
+            if s is not None and s.round < rounds and s.state != "ready":
                 try:
                     h.trigger_round()
                 except TimeoutError:
