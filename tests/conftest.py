@@ -95,3 +95,16 @@ def processes(tmp_path):
         yield group
     finally:
         group.stop_all()
+
+
+def wait_for(predicate, timeout, what, poll=0.05):
+    """Poll `predicate` until it returns something truthy (returned) or `timeout` s pass (AssertionError naming
+    `what`). Tests import it: ``from conftest import wait_for`` (pytest puts this folder on sys.path)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")
+

@@ -20,6 +20,7 @@ import yaml
 from fedvla_bringup.cli import build_parser
 from fedvla_bringup.graph import parse_bool, robot_graph
 from fedvla_bringup.paths import config_file
+from conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = Path(sys.prefix)  # the bootstrapped .venv the tests run in
@@ -28,13 +29,7 @@ LAUNCH_FILE = REPO / "src" / "fedvla_bringup" / "launch" / "robot.launch.py"
 
 
 def _wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(predicate, timeout, what, poll=0.1)
 
 
 def _console_scripts(package: str) -> list[str]:

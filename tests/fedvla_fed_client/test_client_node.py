@@ -15,18 +15,12 @@ from fedvla_fed_client.round_gate import RoundReport, read_gate, write_report
 from fedvla_msgs.action import ExecuteInstruction
 from fedvla_msgs.msg import RoundStatus
 from fedvla_policy.image_conversion import numpy_to_image
+from conftest import wait_for
 
 pytestmark = pytest.mark.ros
 
 
-def _wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+_wait_for = wait_for
 
 
 def test_goal_is_logged_as_episode_and_round_report_is_published(rclpy_context, processes, tmp_path):

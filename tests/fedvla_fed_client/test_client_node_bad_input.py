@@ -30,20 +30,14 @@ from fedvla_msgs.action import ExecuteInstruction
 from fedvla_msgs.msg import RoundStatus
 from fedvla_msgs.srv import TriggerRound
 from fedvla_policy.image_conversion import numpy_to_image
+from conftest import wait_for
 
 pytestmark = pytest.mark.ros
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 NAN, INF = float("nan"), float("inf")
 
 
-def _wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+_wait_for = wait_for
 
 
 class Robot:

@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from fedvla_policy.input_checks import bounded as _bounded
+
 #: Longest text put into one log line or service answer that quotes what a sender sent.
 MAX_LOG_CHARS = 240
 #: More joints than this in one message is not an arm (and would make every recorded step huge).
@@ -38,12 +40,8 @@ class InputRejected(ValueError):
 
 
 def bounded(text, limit: int = MAX_LOG_CHARS) -> str:
-    """`text` on one line and at most `limit` characters (a note says how much was cut)."""
-    s = " ".join(str(text).split())
-    if len(s) <= limit:
-        return s
-    note = f"... (+{len(s) - limit} chars)"
-    return s[:max(0, limit - len(note))] + note
+    """`text` on one line and at most `limit` characters (the policy server's helper, this node's limit)."""
+    return _bounded(text, limit)
 
 
 def _finite(values) -> bool:
