@@ -39,7 +39,7 @@ EPISODES=${EPISODES:-200}; EVAL_SEEDS=${EVAL_SEEDS:-50}; TRAIN_S=${TRAIN_S:-420}
 # --schedule-clock time: each variant's cosine runs over TRAIN_S (after compilation), so it anneals fully at
 # whatever step rate the machine gives; --max-steps only caps the run.
 CLOCK="--schedule-clock time --max-steps 200000"
-VARIANTS=${VARIANTS:-"b256:--batch-size 256 --lr 6e-4 $CLOCK;b512:--batch-size 512 --lr 1e-3 $CLOCK;b256_h20:--batch-size 256 --lr 6e-4 --model chunk_size=20 $CLOCK"}
+VARIANTS=${VARIANTS:-"b256:--batch-size 256 --lr 6e-4 $CLOCK;b512:--batch-size 512 --lr 1e-3 $CLOCK;b256_h20:--batch-size 256 --lr 6e-4 --chunk-size 20 $CLOCK"}
 BASE_FLAGS="--model relative_action_dims=7 --model image_shift_aug=4 --model vision_stem=conv \
   --model spatial_keypoints=32 --model iosp_topk=16 --model proprio_dropout=0.3 --no-progress"
 MW_VARIANTS=${MW_VARIANTS:-"mw_central:--batch-size 256 --lr 6e-4 $CLOCK"}

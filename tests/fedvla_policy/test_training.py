@@ -315,3 +315,12 @@ def test_time_schedule_anneals_within_the_time_budget_whatever_the_step_rate():
         TrainConfig(schedule_clock="time")  # needs max_time_s
     with pytest.raises(ValueError, match="schedule_clock"):
         TrainConfig(schedule_clock="epochs", max_time_s=1.0)
+
+
+def test_train_cli_refuses_model_overrides_that_have_their_own_flag(tmp_path):
+    """--model chunk_size=20 would give the model one chunk size and the dataset another: refused, naming the flag."""
+    out = subprocess.run([sys.executable, "-m", "fedvla_policy.train_cli", "--episodes", str(tmp_path),
+                          "--output", str(tmp_path / "out"), "--model", "chunk_size=20"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "--model chunk_size=... is set by --chunk-size" in out.stderr

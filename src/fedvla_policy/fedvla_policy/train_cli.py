@@ -68,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     from .model import FedVLAConfig, FedVLAPolicy
     from .training import train
 
+    own_flags = {"chunk_size": "--chunk-size", "image_size": "--image-size", "camera_names": "--cameras",
+                 "ffn_kind": "--ffn-kind", "use_iosp": "--no-iosp", "proprio_dim": "(from the episodes)",
+                 "action_dim": "(from the episodes)"}
+    clash = sorted(set(dict(args.model)) & set(own_flags))
+    if clash:  # the dataset reads these too: a --model override would make the two disagree
+        raise SystemExit("fedvla-train: " + ", ".join(f"--model {k}=... is set by {own_flags[k]}" for k in clash))
     train_cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     if args.init:
         policy = FedVLAPolicy.from_pretrained(args.init)
