@@ -66,6 +66,8 @@ ROUNDS_OFF_STATE = "off"
 REFUSAL_LOG_PERIOD_S = 5.0
 #: How long ~/record_demonstration waits for the sim's expert before giving up.
 EXPERT_TIMEOUT_S = 600.0
+#: How long a demonstration waits for the sim's first task_info (a sim without one just records without it).
+TASK_INFO_WAIT_S = 3.0
 #: Task metadata keys taken from the sim's task_info topic (fedvla_sim.robot_node publishes them).
 TASK_INFO_KEYS = ("task", "seed", "suite")
 
@@ -141,6 +143,7 @@ class FedClientNode(Node):
         self._last_report = None
         self._sim_instruction = ""
         self._task_info: dict = {}  # the sim's current task/seed/suite (task_info topic), stored in episode metadata
+        self._task_info_seen = threading.Event()
         self._joint_history = StampedHistory()
         self._recorded_joints = set(self.recorder.layout.joint_names)
 
@@ -308,6 +311,10 @@ class FedClientNode(Node):
         if not self._run_expert.wait_for_service(timeout_sec=5.0):
             response.success, response.message = False, f"no {self.p['sim_run_expert_service']} service"
             return response
+        if self.p["task_info_topic"]:
+            # The sim's expert service and its latched task_info are discovered separately: a demonstration
+            # asked for right after start-up would otherwise be recorded without its task and seed.
+            self._task_info_seen.wait(TASK_INFO_WAIT_S)
         with self._lock:
             self.recorder.start(None, self._task_instruction(), source="scripted_expert", **self._task_metadata())
         done = threading.Event()
@@ -357,6 +364,7 @@ class FedClientNode(Node):
         if not (isinstance(task, str) and isinstance(suite, str) and isinstance(seed, int) and not isinstance(seed, bool)):
             raise InputRejected(f"task_info: task and suite must be strings, seed an integer: {bounded(msg.data, 120)}")
         self._task_info = {"task": bounded(task, 128), "seed": seed, "suite": bounded(suite, 64)}
+        self._task_info_seen.set()
 
     def _task_metadata(self) -> dict:
         """task/seed/suite of the sim's current episode when the sim told us, else nothing."""
