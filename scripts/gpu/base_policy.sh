@@ -7,6 +7,10 @@
 # train while the CPU records Meta-World and evaluates the old base; call 2 (the machine stays warm and
 # keeps data/ while calls follow each other) waits for them. PHASES="record eval_old train eval_new" does
 # the same one step after the other.
+# Measured on the lent machine (2026-12-02): it is released 30 s after a call ends, so train_bg across calls only
+# works when the next call follows at once; a refused start still costs ~90 s of device time. throughput_bg's
+# deadline counts from its start, and its children build 4096 synthetic samples first: with recorders loading the
+# CPU, THROUGHPUT_S below ~240 s timed no row at all. Safest: one self-contained call per step.
 # Each phase skips what is already done (episodes on disk, trained variants, written evals), so a call
 # cut off at its limit is resumed by calling the same phase again. Work lives in data/base (demos,
 # variants, evals) on the machine; only small results go to $OUT (at most 8 files, each < 16 MB).
