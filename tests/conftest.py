@@ -97,14 +97,16 @@ def processes(tmp_path):
         group.stop_all()
 
 
-def wait_for(predicate, timeout, what, poll=0.05):
-    """Poll `predicate` until it returns something truthy (returned) or `timeout` s pass (AssertionError naming
-    `what`). Tests import it: ``from conftest import wait_for`` (pytest puts this folder on sys.path)."""
+def wait_for(predicate, timeout, what=None, poll=0.05):
+    """Poll `predicate` until it returns something truthy (returned) or `timeout` s pass. Then, with `what`, an
+    AssertionError naming it; without, the predicate's last value (for callers that assert with their own message).
+    Tests import it: ``from conftest import wait_for`` (pytest puts this folder on sys.path)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(poll)
+    if what is None:
+        return predicate()
     raise AssertionError(f"timed out waiting for {what}")
-

@@ -24,6 +24,7 @@ from fedvla_msgs.srv import LoadCheckpoint
 from fedvla_policy.goal_client import GoalClient
 from fedvla_policy.image_conversion import numpy_to_image
 from fedvla_policy.motion import PANDA_LIMITS
+from conftest import wait_for  # noqa: F401 - also imported from here by the other server tests
 
 CAMERAS = ("agentview", "wrist")
 HOME = np.array([0.0, -0.2656, 0.0, -2.4239, 0.0, 0.5883, 0.0])
@@ -114,16 +115,6 @@ def wait_for_server(client, proc, processes, timeout: float = 60.0) -> None:
             return
         assert proc.poll() is None, processes.log(proc)
     raise AssertionError("server did not come up:\n" + processes.log(proc))
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def points_within_limits(traj: JointTrajectory, eps: float = 1e-6) -> bool:
