@@ -81,7 +81,7 @@ def cmd_up_robot(args) -> int:
     requested: list[int] = []
 
     def on_signal(signum, frame):  # noqa: ARG001 - signal handler signature
-        if not requested:  # a second Ctrl-C while the nodes stop changes nothing (they are killed after 10 s)
+        if not requested:  # a second Ctrl-C while the nodes stop changes nothing (they are killed after 20 s)
             requested.append(signum)
             raise _StopRequested()
 

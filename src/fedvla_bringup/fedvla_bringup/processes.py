@@ -59,11 +59,12 @@ class NodeProcesses:
         """Processes that exited, with their exit codes."""
         return {k: p.returncode for k, p in self.procs.items() if p.poll() is not None}
 
-    def stop(self, timeout: float = 10.0) -> dict[str, int]:
+    def stop(self, timeout: float = 20.0) -> dict[str, int]:
         """SIGINT to every node still running, SIGKILL to those not gone after `timeout`; the exit codes.
 
         Safe to call twice (the context manager's exit calls it again): the second call finds every
-        process gone and returns the same codes.
+        process gone and returns the same codes. 20 s, not less: a sim robot under a loaded 2-core CI machine
+        finishes its last camera render and physics step first, and a SIGKILL reads as an unclean exit.
         """
         for p in self.procs.values():
             if p.poll() is None:

@@ -256,6 +256,8 @@ class SimRobotNode(Node):
         """Stop the camera thread and the physics (call before destroy_node)."""
         self._camera_stop.set()
         self._camera_thread.join(timeout=5)
+        if self._camera_thread.is_alive():  # a render still in flight: say so, an exit code alone does not
+            self.get_logger().warning("camera thread still rendering 5 s after stop; the process exits anyway")
         self.robot.stop()
 
 
