@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedvla_fed_client.episodes import EpisodeWriter
+from fedvla_core.episodes import EpisodeWriter
 from fedvla_fed_server.certs import generate_certificates
 
 from fedvla_bringup.loopback_federation import LoopbackFederation
@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/federation_cost.json", help="output JSON")
     args = parser.parse_args()
 
-    from fedvla_policy.model import FedVLAConfig, FedVLAPolicy
+    from fedvla_core.model import FedVLAConfig, FedVLAPolicy
 
     model_cfg = FedVLAConfig()
     policy = FedVLAPolicy(model_cfg)

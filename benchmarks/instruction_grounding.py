@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from fedvla_bringup.provenance import git_commit
-from fedvla_policy.instruction_grounding import sentence_embeddings
-from fedvla_policy.model.encoders import FrozenSentenceEncoder
+from fedvla_core.control.instruction_grounding import sentence_embeddings
+from fedvla_core.model.encoders import FrozenSentenceEncoder
 from fedvla_sim.metaworld_env import METAWORLD_HELD_OUT_PHRASINGS, METAWORLD_TASKS
 from fedvla_sim.tasks import TASKS
 

@@ -285,7 +285,7 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------- record
 def demo_files(cfg: Table1Config, task: str) -> list[Path]:
-    from fedvla_fed_client.episodes import list_episodes
+    from fedvla_core.episodes import list_episodes
 
     folder = cfg.work / "demos" / task
     return list_episodes(folder) if folder.is_dir() else []
@@ -471,8 +471,8 @@ def ensure_language_cache(cfg: Table1Config) -> str:
     """
     if os.environ.get("FEDVLA_LANGUAGE_CACHE"):
         return os.environ["FEDVLA_LANGUAGE_CACHE"]
-    from fedvla_policy.model import FedVLAConfig
-    from fedvla_policy.model.encoders import FrozenSentenceEncoder
+    from fedvla_core.model import FedVLAConfig
+    from fedvla_core.model.encoders import FrozenSentenceEncoder
     from fedvla_sim.metaworld_env import METAWORLD_TASKS
 
     path = cfg.work / "lang_cache.pt"
@@ -730,7 +730,7 @@ def targets(result: dict) -> dict:
 
 
 def build_result(cfg: Table1Config) -> dict:
-    from fedvla_policy.model import FedVLAConfig, FedVLAPolicy
+    from fedvla_core.model import FedVLAConfig, FedVLAPolicy
 
     records = {t: _read_json(cfg.work / "demos" / t / "record.json", {}) for t in cfg.tasks}
     policy = FedVLAPolicy(FedVLAConfig(**model_config(cfg, "fedvla")))

@@ -40,9 +40,9 @@ from torch.utils.data import Dataset
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src" / "fedvla_policy"))  # runnable from a bare checkout (GPU box)
 
-from fedvla_policy.model import FedVLAConfig, FedVLAPolicy  # noqa: E402
-from fedvla_policy.model import experts as experts_module  # noqa: E402
-from fedvla_policy.training import TrainConfig, collate_samples, train  # noqa: E402
+from fedvla_core.model import FedVLAConfig, FedVLAPolicy  # noqa: E402
+from fedvla_core.model import experts as experts_module  # noqa: E402
+from fedvla_core.training import TrainConfig, collate_samples, train  # noqa: E402
 
 KINDS = ("dgmoe", "adamoe", "topk", "dense")
 RESULTS = REPO / "benchmarks" / "results" / "moe_efficiency.json"
@@ -246,7 +246,7 @@ def measure_all(preps: dict[str, dict], args, device: torch.device) -> list[dict
 
 def check_dispatch(device: torch.device, dtype: str) -> dict:
     """Error of each dispatch path against an fp32 loop reference (norm-relative, outputs and worst gradient)."""
-    from fedvla_policy.model.experts import DGMoE, TopKMoE
+    from fedvla_core.model.experts import DGMoE, TopKMoE
 
     amp = autocast_for(device, dtype)
     rel = lambda a, b: float((a.float() - b).norm() / b.norm().clamp_min(1e-12))
@@ -373,7 +373,7 @@ def main(argv=None) -> int:
     base = {}
     if args.episodes:
         sys.path.insert(0, str(REPO / "src" / "fedvla_fed_client"))
-        from fedvla_fed_client.episodes import EpisodeDataset
+        from fedvla_core.episodes import EpisodeDataset
 
         data = EpisodeDataset(args.episodes, chunk_size=10, image_size=128)
         base = dict(camera_names=data.camera_names, proprio_dim=data.proprio_dim, action_dim=data.action_dim)

@@ -45,7 +45,7 @@ def stats(samples_ms: list[float]) -> dict:
 def make_policy(seed: int = 0):
     import torch
 
-    from fedvla_policy.model import FedVLAConfig, FedVLAPolicy
+    from fedvla_core.model import FedVLAConfig, FedVLAPolicy
 
     torch.manual_seed(seed)
     policy = FedVLAPolicy(FedVLAConfig())
@@ -93,7 +93,7 @@ def bench_node(n: int, warmup: int, frame_period: float, workdir: Path) -> dict:
     from trajectory_msgs.msg import JointTrajectory
 
     from fedvla_policy.goal_client import GoalClient
-    from fedvla_policy.image_conversion import numpy_to_image
+    from fedvla_ros.image_conversion import numpy_to_image
 
     policy = make_policy()
     ckpt = workdir / "ckpt"

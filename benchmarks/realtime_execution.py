@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def motion_backend(timing: str, min_lead_s: float | None = None):
     """The policy server's joint-space backend with the sim arm's own joint ranges."""
-    from fedvla_policy.motion import PANDA_LIMITS, JointLimits, JointSpaceBackend, MotionConfig
+    from fedvla_core.control.motion import PANDA_LIMITS, JointLimits, JointSpaceBackend, MotionConfig
     from fedvla_sim.scene import arm_position_limits
 
     lower, upper = arm_position_limits()

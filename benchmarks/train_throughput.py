@@ -1,4 +1,4 @@
-"""Training throughput of the Table-1 model through the project's own training loop (fedvla_policy.training.train).
+"""Training throughput of the Table-1 model through the project's own training loop (fedvla_core.training.train).
 
 What is timed is `train()` itself, the function `fedvla-train`, the warm local trainer and the other
 benchmarks call: the dataset goes in as a map-style dataset of single samples (synthetic, Table-1
@@ -57,8 +57,8 @@ else:
 sys.path.insert(1, str(REPO / "src" / "fedvla_bringup"))
 
 from fedvla_bringup.provenance import git_commit  # noqa: E402
-from fedvla_policy.model import FedVLAConfig, FedVLAPolicy  # noqa: E402
-from fedvla_policy.training import TrainConfig, train  # noqa: E402
+from fedvla_core.model import FedVLAConfig, FedVLAPolicy  # noqa: E402
+from fedvla_core.training import TrainConfig, train  # noqa: E402
 
 KINDS = ("dgmoe", "topk", "dense")
 RESULTS = REPO / "benchmarks" / "results" / "train_throughput.json"
@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.write_language_cache:
-        from fedvla_policy.model.encoders import FrozenSentenceEncoder
+        from fedvla_core.model.encoders import FrozenSentenceEncoder
 
         cfg = FedVLAConfig()
         FrozenSentenceEncoder(cfg.language_model_path, cfg.max_instruction_tokens).save_cache(
@@ -355,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     model_cfg = table1_model_config("dgmoe")
     data = SyntheticEpisodes(args.samples or (2048 if cuda else 512), model_cfg, args.seed)
     if engine_name() == "device":  # read onto the device once, as train() would, and shared by every row
-        from fedvla_policy.device_data import DeviceDataset
-        from fedvla_policy.model.encoders import FrozenSentenceEncoder
+        from fedvla_core.device_data import DeviceDataset
+        from fedvla_core.model.encoders import FrozenSentenceEncoder
 
         encoder = FrozenSentenceEncoder.shared(model_cfg.language_model_path, model_cfg.max_instruction_tokens)
         data = DeviceDataset.from_dataset(data, device, encoder)

@@ -103,7 +103,7 @@ for phase in ${PHASES:-record eval_old train eval_new pack}; do
       for spec in "${specs[@]}"; do
         name=${spec%%:*}; flags=${spec#*:}
         [ -f "$WORK/variants/$name/config.json" ] && continue
-        echo "python3 -m fedvla_policy.train_cli --episodes $WORK/demos/$suite/* --output $WORK/variants/$name \
+        echo "python3 -m fedvla_core.train_cli --episodes $WORK/demos/$suite/* --output $WORK/variants/$name \
 --device ${TRAIN_DEVICE:-cuda} --max-time-s $TRAIN_S $flags0 $flags" > "$WORK/$name.train.cmd"
         setsid bash "$WORK/$name.train.cmd" > "$WORK/$name.train.log" 2>&1 < /dev/null &
         echo "$name" >> "$WORK/train.running"
@@ -159,7 +159,7 @@ PY
     log "best: $best"
     python3 - "$WORK/variants/$best" "$OUT/panda_base" <<'PY'
 import sys
-from fedvla_policy.model import FedVLAPolicy
+from fedvla_core.model import FedVLAPolicy
 FedVLAPolicy.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2], max_shard_size="12MB")
 PY
     echo "$best" > "$WORK/best.txt";;

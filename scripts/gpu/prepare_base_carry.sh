@@ -23,7 +23,7 @@ git rev-parse HEAD > .carry_base/head/COMMIT
 mkdir -p .carry_base/legacy && git archive a2a5739^ src/fedvla_policy | tar -x -C .carry_base/legacy
 git rev-parse a2a5739^ > .carry_base/legacy/COMMIT
 .venv/bin/python - <<'PY'
-from fedvla_policy.model.encoders import FrozenSentenceEncoder
+from fedvla_core.model.encoders import FrozenSentenceEncoder
 from fedvla_sim.batched_eval import PHRASING_SETS, phrasings_of
 from fedvla_sim.policy_eval import all_tasks
 texts = set()

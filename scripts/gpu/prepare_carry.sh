@@ -42,7 +42,7 @@ for t in METAWORLD_TASKS: MetaWorldEnv(t, 0, 32).step([0, 0, 0, 0])" >/dev/null 
 grep -o '"[^"]*metaworld/assets/[^"]*"' /tmp/mw_open.txt | tr -d '"' | sort -u | sed "s|^$(dirname "$MW")/||" \
   | (cd "$(dirname "$MW")" && xargs cp --parents -t "$OLDPWD/.carry_mw/mw_site")
 .venv/bin/python - <<'PY'
-from fedvla_policy.model.encoders import FrozenSentenceEncoder
+from fedvla_core.model.encoders import FrozenSentenceEncoder
 from fedvla_sim.metaworld_env import METAWORLD_TASKS
 from fedvla_sim.tasks import TASKS
 texts = sorted({p for t in TASKS.values() for p in t.phrasings} | {p for ps in METAWORLD_TASKS.values() for p in ps})

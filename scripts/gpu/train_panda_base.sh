@@ -25,7 +25,7 @@ names=()
 for spec in "${specs[@]}"; do
   name=${spec%%:*}; flags=${spec#*:}; names+=("$name")
   # shellcheck disable=SC2086
-  python3 -m fedvla_policy.train_cli --episodes data/panda_demos --output "data/sweep/$name" --device cuda \
+  python3 -m fedvla_core.train_cli --episodes data/panda_demos --output "data/sweep/$name" --device cuda \
     --max-steps "$STEPS" --max-time-s "$MAX_TIME" --batch-size "$BATCH" --lr "$LR" --num-workers 3 --no-progress \
     --model relative_action_dims=7 --model image_shift_aug=4 $flags > "data/sweep/$name.train.log" 2>&1 &
 done
@@ -55,7 +55,7 @@ PY
 echo "best: $best"
 python3 - "$best" <<'PY'
 import os, sys
-from fedvla_policy.model import FedVLAPolicy
+from fedvla_core.model import FedVLAPolicy
 p = FedVLAPolicy.from_pretrained(f"data/sweep/{sys.argv[1]}")
 p.save_pretrained(os.path.join(os.environ["OUT"], "panda_base"), max_shard_size="12MB")
 PY

@@ -26,7 +26,6 @@ setup(
     entry_points={
         "console_scripts": [
             "policy_server = fedvla_policy.server_node:main",
-            "fedvla-train = fedvla_policy.train_cli:main",
         ],
     },
 )

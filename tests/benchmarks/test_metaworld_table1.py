@@ -85,7 +85,7 @@ def test_run_config_gives_centralized_the_same_total_steps_and_each_method_its_s
     assert json.loads(t1.run_config(cfg, "fedvla-top2", tmp_path)["model-config"])["ffn_kind"] == "topk"
     assert json.loads(t1.run_config(cfg, "fedvla-no-iosp", tmp_path)["model-config"])["use_iosp"] is False
     assert (t1.run_config(cfg, "fedvla-fedavg-agg", tmp_path)["strategy"], "trunk") == ("fedavg", "trunk")
-    from fedvla_fed_server.server_app import ServerRunConfig
+    from fedvla_flower.server_app import ServerRunConfig
 
     for m in t1.METHODS:  # every run config is one the ServerApp accepts
         ServerRunConfig.from_run_config(t1.run_config(cfg, m, tmp_path))

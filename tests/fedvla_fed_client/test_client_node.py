@@ -9,12 +9,12 @@ from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor
 from sensor_msgs.msg import JointState
 
-from fedvla_fed_client.episode_recorder import ActionLayout
-from fedvla_fed_client.episodes import list_episodes, read_episode
-from fedvla_fed_client.round_gate import RoundReport, read_gate, write_report
+from fedvla_core.episodes.recorder import ActionLayout
+from fedvla_core.episodes import list_episodes, read_episode
+from fedvla_core.federated.round_gate import RoundReport, read_gate, write_report
 from fedvla_msgs.action import ExecuteInstruction
 from fedvla_msgs.msg import RoundStatus
-from fedvla_policy.image_conversion import numpy_to_image
+from fedvla_ros.image_conversion import numpy_to_image
 from conftest import wait_for
 
 pytestmark = pytest.mark.ros

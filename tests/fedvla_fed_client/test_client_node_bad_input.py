@@ -23,13 +23,13 @@ from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from unique_identifier_msgs.msg import UUID
 
-from fedvla_fed_client.episode_recorder import ActionLayout
-from fedvla_fed_client.episodes import list_episodes, read_episode, read_metadata
-from fedvla_fed_client.input_checks import MAX_LOG_CHARS
+from fedvla_core.episodes.recorder import ActionLayout
+from fedvla_core.episodes import list_episodes, read_episode, read_metadata
+from fedvla_core.episodes.input_checks import MAX_LOG_CHARS
 from fedvla_msgs.action import ExecuteInstruction
 from fedvla_msgs.msg import RoundStatus
 from fedvla_msgs.srv import TriggerRound
-from fedvla_policy.image_conversion import numpy_to_image
+from fedvla_ros.image_conversion import numpy_to_image
 from conftest import wait_for
 
 pytestmark = pytest.mark.ros

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from fedvla_fed_client.episode_recorder import ActionLayout, GoalEpisodeRecorder, TrajectoryTracker
-from fedvla_fed_client.episodes import list_episodes, read_episode
+from fedvla_core.episodes.recorder import ActionLayout, GoalEpisodeRecorder, TrajectoryTracker
+from fedvla_core.episodes import list_episodes, read_episode
 
 
 def test_tracker_interpolates_from_current_position_and_holds_the_end():

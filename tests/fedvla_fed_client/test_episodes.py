@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedvla_fed_client.episodes import (EpisodeDataset, EpisodeWriter, apply_retention, list_episodes,
+from fedvla_core.episodes import (EpisodeDataset, EpisodeWriter, apply_retention, list_episodes,
                                         read_episode, read_metadata)
 
 CAMS = ["front", "wrist"]
@@ -114,7 +114,7 @@ def test_abort_and_failed_episodes(tmp_path):
 
 WRITER_SCRIPT = textwrap.dedent("""
     import sys, numpy as np
-    from fedvla_fed_client.episodes import EpisodeWriter
+    from fedvla_core.episodes import EpisodeWriter
     out = sys.argv[1]
     rng = np.random.default_rng(0)
     print("READY", flush=True)
@@ -203,7 +203,7 @@ def test_dataset_chunks_padding_and_stats(tmp_path):
     np.testing.assert_allclose(st["action_std"].numpy(), acts.std(0), rtol=1e-5)
     assert st["proprio_mean"].shape == (8,)
     # Relative targets (first 7 dims minus the chunk's starting proprio): the stats of every non-padded sample.
-    from fedvla_policy.training import compute_normalization
+    from fedvla_core.training import compute_normalization
 
     rel = []
     for i in range(len(ds)):

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from fedvla_fed_client.episode_recorder import TrajectoryTracker
-from fedvla_fed_client.episodes import EpisodeWriter, read_episode
-from fedvla_fed_client.input_checks import (InputRejected, bounded, check_episode_id, check_joint_state,
+from fedvla_core.episodes.recorder import TrajectoryTracker
+from fedvla_core.episodes import EpisodeWriter, read_episode
+from fedvla_core.episodes.input_checks import (InputRejected, bounded, check_episode_id, check_joint_state,
                                             check_trajectory)
 
 
@@ -58,7 +58,7 @@ def test_writer_refuses_non_finite_and_resized_steps_and_keeps_the_good_ones(tmp
 
 @pytest.mark.parametrize("garbage", ["[1, 2]", "not json", '{"server_round": 1}', '\xff\xfe'])
 def test_gate_and_report_files_written_by_something_else_do_not_break_the_node(tmp_path, garbage):
-    from fedvla_fed_client.round_gate import GATE_FILE, REPORT_FILE, read_gate, read_report, write_gate
+    from fedvla_core.federated.round_gate import GATE_FILE, REPORT_FILE, read_gate, read_report, write_gate
 
     (tmp_path / REPORT_FILE).write_text(garbage)
     (tmp_path / GATE_FILE).write_text(garbage)

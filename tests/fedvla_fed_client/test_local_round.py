@@ -6,8 +6,8 @@ import json
 import numpy as np
 import torch
 
-from fedvla_fed_client.episodes import EpisodeWriter
-from fedvla_fed_client.local_round import (LocalRoundConfig, WarmState, latest_local_checkpoint, run_local_round,
+from fedvla_core.episodes import EpisodeWriter
+from fedvla_core.federated.local_round import (LocalRoundConfig, WarmState, latest_local_checkpoint, run_local_round,
                                           save_local_policy)
 
 TINY = dict(camera_names=["agentview"], image_size=32, patch_size=8, d_model=32, n_layers=2, n_heads=2, n_experts=4,
@@ -16,7 +16,7 @@ TINY = dict(camera_names=["agentview"], image_size=32, patch_size=8, d_model=32,
 
 
 def global_trunk():
-    from fedvla_policy.model import FedVLAConfig, FedVLAPolicy
+    from fedvla_core.model import FedVLAConfig, FedVLAPolicy
 
     torch.manual_seed(0)
     policy = FedVLAPolicy(FedVLAConfig(**TINY))

@@ -12,10 +12,10 @@ from multiprocessing.connection import Client
 import numpy as np
 import pytest
 
-from fedvla_fed_client.client_app import _train
-from fedvla_fed_client.episodes import EpisodeWriter
-from fedvla_fed_client.local_round import LocalRoundConfig, run_local_round
-from fedvla_fed_client.local_trainer import (DISCOVERY_FILE, LocalTrainerProcess, TrainerUnavailable, ping,
+from fedvla_flower.client_app import _train
+from fedvla_core.episodes import EpisodeWriter
+from fedvla_core.federated.local_round import LocalRoundConfig, run_local_round
+from fedvla_flower.local_trainer import (DISCOVERY_FILE, LocalTrainerProcess, TrainerUnavailable, ping,
                                              read_discovery, request_round)
 
 from test_local_round import TINY, global_trunk
@@ -120,7 +120,7 @@ def test_trainer_exits_when_its_parent_dies(tmp_path):
     robot = tmp_path / "robot"
     parent = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\n"
-        "from fedvla_fed_client.local_trainer import LocalTrainerProcess\n"
+        "from fedvla_flower.local_trainer import LocalTrainerProcess\n"
         f"p = LocalTrainerProcess({str(robot)!r}, log_path={str(tmp_path / 'trainer.log')!r})\n"
         "p.start(); assert p.wait_ready(60); print(p.pid, flush=True); time.sleep(600)\n")],
         stdout=subprocess.PIPE, text=True, start_new_session=True)

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
-from fedvla_fed_client.client_app import _record
-from fedvla_fed_client.client_app import train as client_app_train
-from fedvla_fed_client.episodes import EpisodeDataset, EpisodeWriter
-from fedvla_fed_client.local_round import LATEST_FILE, LocalRoundConfig, RoundFailed, run_local_round
-from fedvla_fed_client.local_trainer import LocalTrainerProcess
-from fedvla_fed_client.round_gate import read_report
-from fedvla_fed_server.array_packing import pack_arrays
+from fedvla_flower.client_app import _record
+from fedvla_flower.client_app import train as client_app_train
+from fedvla_core.episodes import EpisodeDataset, EpisodeWriter
+from fedvla_core.federated.local_round import LATEST_FILE, LocalRoundConfig, RoundFailed, run_local_round
+from fedvla_flower.local_trainer import LocalTrainerProcess
+from fedvla_core.federated.round_gate import read_report
+from fedvla_core.federated.wire import pack_arrays
 
 from test_local_round import TINY, global_trunk
 

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from fedvla_fed_client.round_gate import RoundReport, read_gate, read_report, wait_and_take_gate, write_gate, write_report
-from fedvla_fed_client.round_scheduler import RoundScheduler, ScheduleConfig
+from fedvla_core.federated.round_gate import RoundReport, read_gate, read_report, wait_and_take_gate, write_gate, write_report
+from fedvla_core.federated.round_scheduler import RoundScheduler, ScheduleConfig
 
 
 def test_schedule_needs_interval_episodes_and_idle():

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedvla_fed_server.array_packing import PACKED_INDEX, pack_arrays, unpack_arrays
-from fedvla_fed_server.strategies import arrays_to_numpy, numpy_to_arrays
+from fedvla_core.federated.wire import PACKED_INDEX, pack_arrays, unpack_arrays
+from fedvla_flower.strategies import arrays_to_numpy, numpy_to_arrays
 
 
 def test_pack_round_trip_through_an_array_record_and_bad_packs_are_refused():

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
-from fedvla_fed_server.checkpoint import CheckpointStore
+from fedvla_core.federated.checkpoint_store import CheckpointStore
 from fedvla_fed_server.certs import generate_certificates
 
 

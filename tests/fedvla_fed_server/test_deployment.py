@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from fedvla_fed_client.episodes import EpisodeWriter
+from fedvla_core.episodes import EpisodeWriter
 from fedvla_fed_client.supernode import SuperNodeSupervisor, free_port
 from fedvla_fed_server.certs import generate_certificates
 from fedvla_fed_server.superlink import SuperLinkProcess
@@ -52,7 +52,7 @@ def wait_for(cond, timeout, poll=0.5, what=""):
 def test_reply_return_times_use_the_clientapps_stamp_and_drop_it():
     from flwr.app import Message, Metadata, MetricRecord, RecordDict
 
-    from fedvla_fed_server.server_app import REPLY_TIME_KEY, reply_return_times
+    from fedvla_flower.server_app import REPLY_TIME_KEY, reply_return_times
 
     now = time.time()
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 
-from fedvla_fed_server.strategies import (ExpertDrivenAggregation, FedVLAFedAvg, FedVLAFedProx,
-                                          layer_client_weights, make_strategy)
+from fedvla_core.federated.eda import layer_client_weights
+from fedvla_flower.strategies import ExpertDrivenAggregation, FedVLAFedAvg, FedVLAFedProx, make_strategy
 
 # Layer 0 has 3 experts (one scalar each) and a router "gate"; "norm" belongs to no layer.
 LAYOUT = {"l0.expert.0": (0, 0), "l0.expert.1": (0, 1), "l0.expert.2": (0, 2), "l0.gate": (0, None),

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import Image
 
-from fedvla_policy.image_conversion import (SUPPORTED_ENCODINGS, UnsupportedEncodingError, image_to_numpy,
+from fedvla_ros.image_conversion import (SUPPORTED_ENCODINGS, UnsupportedEncodingError, image_to_numpy,
                                             numpy_to_image, to_rgb)
 
 RNG = np.random.default_rng(0)

@@ -17,13 +17,13 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from trajectory_msgs.msg import JointTrajectory
 
-from fedvla_policy.checkpoint_swap import CheckpointRefused, resolve_checkpoint_dir
-from fedvla_policy.goal_refusal import BUSY, NOT_READY, REFUSAL_CODES, RETRYABLE, refusal_code, refusal_reason
-from fedvla_policy.instruction_grounding import trained_instructions
-from fedvla_policy.input_checks import (InputRejected, LogLimiter, bounded, goal_limits_problem,
+from fedvla_core.control.checkpoint_swap import CheckpointRefused, resolve_checkpoint_dir
+from fedvla_core.control.goal_refusal import BUSY, NOT_READY, REFUSAL_CODES, RETRYABLE, refusal_code, refusal_reason
+from fedvla_core.control.instruction_grounding import trained_instructions
+from fedvla_core.control.input_checks import (InputRejected, LogLimiter, bounded, goal_limits_problem,
                                         joint_state_values, trajectory_problem)
-from fedvla_policy.motion import PANDA_LIMITS, hold_trajectory
-from fedvla_policy.server_logic import goal_rejection_reason
+from fedvla_core.control.motion import PANDA_LIMITS, hold_trajectory
+from fedvla_core.control.inputs import goal_rejection_reason
 
 ARM = list(PANDA_LIMITS.names)
 HOME = [0.0, -0.2656, 0.0, -2.4239, 0.0, 0.5883, 0.0]
@@ -173,13 +173,17 @@ def test_the_trajectory_publisher_refuses_non_finite_points(rclpy_context):
 def test_trained_instructions_prefer_what_the_checkpoint_knows():
     from types import SimpleNamespace
 
+    from fedvla_policy.server_node import sim_task_instructions
     from fedvla_sim.metaworld_env import METAWORLD_TASKS
     from fedvla_sim.tasks import TASKS
 
     own = SimpleNamespace(trained_instructions=["wipe the table", "wipe the table", " "], camera_names=["agentview"])
-    assert trained_instructions(own) == (["wipe the table"], "the checkpoint config's trained_instructions")
-    panda, source = trained_instructions(SimpleNamespace(camera_names=["agentview", "wrist"]))
+    assert trained_instructions(own, sim_task_instructions) == (["wipe the table"],
+                                                                "the checkpoint config's trained_instructions")
+    assert trained_instructions(SimpleNamespace(camera_names=["agentview"])) == (
+        [], "no trained_instructions in the checkpoint and no task table")
+    panda, source = trained_instructions(SimpleNamespace(camera_names=["agentview", "wrist"]), sim_task_instructions)
     assert "Panda" in source and set(panda) == {p for t in TASKS.values() for p in t.phrasings}
     assert not set(panda) & {p for t in TASKS.values() for p in t.held_out_phrasings}  # held out = never trained
-    meta, source = trained_instructions(SimpleNamespace(camera_names=["corner", "topview"]))
+    meta, source = trained_instructions(SimpleNamespace(camera_names=["corner", "topview"]), sim_task_instructions)
     assert "Meta-World" in source and set(meta) == {p for ps in METAWORLD_TASKS.values() for p in ps}

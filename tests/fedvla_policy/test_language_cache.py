@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fedvla_policy.model.encoders import LANGUAGE_CACHE_ENV, FrozenSentenceEncoder
+from fedvla_core.model.encoders import LANGUAGE_CACHE_ENV, FrozenSentenceEncoder
 
 
 def test_saved_cache_serves_identical_embeddings_without_minilm(tmp_path, monkeypatch):
@@ -22,7 +22,7 @@ def test_saved_cache_serves_identical_embeddings_without_minilm(tmp_path, monkey
 
 
 def test_random_shift_moves_content_and_keeps_shape():
-    from fedvla_policy.model.encoders import random_shift
+    from fedvla_core.model.encoders import random_shift
 
     torch.manual_seed(0)
     img = torch.zeros(64, 2, 3, 16, 16)

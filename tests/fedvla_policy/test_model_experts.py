@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from fedvla_policy.model.experts import AdaMoE, DenseFFN, DGMoE, TopKMoE, dispatch_to_experts
+from fedvla_core.model.experts import AdaMoE, DenseFFN, DGMoE, TopKMoE, dispatch_to_experts
 
 
 def _logit(p: float) -> float:
@@ -154,7 +154,7 @@ def test_flops_per_token_follow_active_experts():
 @pytest.mark.parametrize("cls", [DGMoE, TopKMoE])
 def test_grouped_gemm_dispatch_matches_the_loop(cls, monkeypatch):
     """The grouped-GEMM path (used on Hopper GPUs) computes the same outputs and gradients as the loop."""
-    from fedvla_policy.model import experts as experts_module
+    from fedvla_core.model import experts as experts_module
 
     try:
         torch._grouped_mm(torch.ones(2, 8), torch.ones(1, 8, 8), offs=torch.tensor([2], dtype=torch.int32))
@@ -209,7 +209,7 @@ def _reference_per_token(moe, x: torch.Tensor, prior: torch.Tensor | None = None
 
 
 def _run(moe, x, prior, mode):
-    from fedvla_policy.model.experts import dispatch_mode
+    from fedvla_core.model.experts import dispatch_mode
 
     moe.zero_grad(set_to_none=True)
     moe.reset_stats()
@@ -255,7 +255,7 @@ def test_dense_dispatch_equals_a_per_token_reference_and_the_sparse_path(cls):
 
 
 def test_dispatch_mode_rejects_unknown_and_restores():
-    from fedvla_policy.model import experts as experts_module
+    from fedvla_core.model import experts as experts_module
 
     before = experts_module.DISPATCH
     with experts_module.dispatch_mode("dense"):

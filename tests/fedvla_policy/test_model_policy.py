@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from fedvla_policy.model import FFN_KINDS, FedVLAConfig, FedVLAPolicy
-from fedvla_policy.model.scene_parsing import patch_ids_from_masks, proposal_scores, split_into_groups
+from fedvla_core.model import FFN_KINDS, FedVLAConfig, FedVLAPolicy
+from fedvla_core.model.scene_parsing import patch_ids_from_masks, proposal_scores, split_into_groups
 
 CAMS = ["agentview", "wrist"]
 

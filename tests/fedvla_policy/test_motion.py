@@ -4,7 +4,7 @@ import logging
 import numpy as np
 import pytest
 
-from fedvla_policy.motion import (PANDA_LIMITS, EndEffectorBackend, JointLimits, JointSpaceBackend, MotionConfig,
+from fedvla_core.control.motion import (PANDA_LIMITS, EndEffectorBackend, JointLimits, JointSpaceBackend, MotionConfig,
                                   MotionRejected, PlannedTrajectory, _fallback_parameterize, enforce_limits,
                                   hold_trajectory, make_backend)
 
@@ -95,7 +95,7 @@ def test_chunk_timing_lengthens_only_a_segment_that_breaks_a_velocity_limit():
 def test_slightly_outside_targets_are_clipped_and_reported(caplog):
     target = HOME.copy()
     target[3] = PANDA_LIMITS.upper[3] + 0.2  # joint4 above its (negative) upper limit, inside the margin
-    with caplog.at_level(logging.INFO, logger="fedvla_policy.motion"):
+    with caplog.at_level(logging.INFO, logger="fedvla_core.control.motion"):
         traj = JointSpaceBackend(config=CFG).plan(HOME, chunk_towards(target, n=4))
     assert set(traj.report.clipped_positions) == {"panda_joint4"}
     assert traj.report.clipped_positions["panda_joint4"] == pytest.approx(0.2, abs=1e-6)
@@ -208,7 +208,7 @@ def test_end_effector_chunk_goes_through_ik_and_time_parameterization():
 
 
 def test_stop_trajectory_brakes_smoothly_within_limits_and_ends_at_rest():
-    from fedvla_policy.motion import stop_trajectory
+    from fedvla_core.control.motion import stop_trajectory
 
     vel = np.array([1.0, -0.5, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0])
     names = list(PANDA_LIMITS.names) + ["panda_finger_joint1"]
@@ -227,7 +227,7 @@ def test_stop_trajectory_brakes_smoothly_within_limits_and_ends_at_rest():
 
 
 def test_reference_tracker_plans_from_the_setpoint_not_the_lagging_arm():
-    from fedvla_policy.server_logic import ReferenceTracker
+    from fedvla_core.control.inputs import ReferenceTracker
 
     tracker = ReferenceTracker(max_deviation=0.15)
     measured, vel = HOME.copy(), np.zeros(7)

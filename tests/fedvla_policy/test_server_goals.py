@@ -22,8 +22,8 @@ from trajectory_msgs.msg import JointTrajectory
 from fedvla_msgs.msg import ExpertUsage
 from fedvla_msgs.srv import LoadCheckpoint
 from fedvla_policy.goal_client import GoalClient
-from fedvla_policy.image_conversion import numpy_to_image
-from fedvla_policy.motion import PANDA_LIMITS
+from fedvla_ros.image_conversion import numpy_to_image
+from fedvla_core.control.motion import PANDA_LIMITS
 from conftest import wait_for  # noqa: F401 - also imported from here by the other server tests
 
 CAMERAS = ("agentview", "wrist")
@@ -34,7 +34,7 @@ CONFIG_FILE = "src/fedvla_policy/config/policy_server.yaml"
 
 def make_checkpoint(path, action_mean, n_experts: int = 4, cameras=CAMERAS, chunk_size: int = 4):
     """A tiny randomly initialized policy whose actions sit at ``action_mean`` (std 1e-3)."""
-    from fedvla_policy.model import FedVLAConfig, FedVLAPolicy
+    from fedvla_core.model import FedVLAConfig, FedVLAPolicy
 
     cfg = FedVLAConfig(camera_names=list(cameras), image_size=32, patch_size=16, iosp_topk=2, d_model=32,
                        n_layers=1, n_heads=2, n_experts=n_experts, expert_hidden=32, iosp_expert_hidden=32,

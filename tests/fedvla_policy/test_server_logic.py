@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from fedvla_policy.input_sync import StampedHistory
-from fedvla_policy.server_logic import (Frame, JointSample, LatestInputs, ServerConfig, goal_rejection_reason,
+from fedvla_core.control.input_sync import StampedHistory
+from fedvla_core.control.inputs import (Frame, JointSample, LatestInputs, ServerConfig, goal_rejection_reason,
                                         instruction_problem, progress, proprio_vector, step_budget)
 
 CONFIG = Path(__file__).resolve().parents[2] / "src/fedvla_policy/config/policy_server.yaml"

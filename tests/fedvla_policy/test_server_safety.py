@@ -18,7 +18,7 @@ from std_msgs.msg import String
 
 from fedvla_msgs.action import ExecuteInstruction
 from fedvla_msgs.srv import LoadCheckpoint
-from fedvla_policy.goal_refusal import INVALID_GOAL, UNGROUNDED, refusal_code
+from fedvla_core.control.goal_refusal import INVALID_GOAL, UNGROUNDED, refusal_code
 from fedvla_policy.goal_client import GoalClient
 from test_server_goals import (CAMERAS, HOME, JOINTS, FakeRobot, make_checkpoint, robot, server_args,  # noqa: F401
                                wait_for, wait_for_server)
@@ -199,7 +199,7 @@ def test_a_refused_goal_is_accepted_then_aborted_with_its_code_and_preempts_noth
 
 
 def _nan_weights(path):
-    from fedvla_policy.model import FedVLAPolicy
+    from fedvla_core.model import FedVLAPolicy
 
     policy = FedVLAPolicy.from_pretrained(path)
     with torch.no_grad():

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from fedvla_policy.model import FedVLAConfig, FedVLAPolicy
-from fedvla_policy.training import NonFiniteLossError, TrainConfig, collate_samples, compute_normalization, train
+from fedvla_core.model import FedVLAConfig, FedVLAPolicy
+from fedvla_core.training import NonFiniteLossError, TrainConfig, collate_samples, compute_normalization, train
 
 
 class TinyEpisodes(Dataset):
@@ -122,7 +122,7 @@ def test_train_config_validation_names_the_field():
 
 
 def test_train_cli_help():
-    out = subprocess.run([sys.executable, "-m", "fedvla_policy.train_cli", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "fedvla_core.train_cli", "--help"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "--ffn-kind" in out.stdout and "--max-steps" in out.stdout
@@ -190,7 +190,7 @@ def test_non_finite_gradient_norm_is_caught_without_clipping():
 
 
 def test_device_dataset_batches_equal_collated_samples():
-    from fedvla_policy.device_data import DeviceDataset
+    from fedvla_core.device_data import DeviceDataset
 
     ds = TinyEpisodes(n=10)
     policy = tiny_policy()
@@ -218,7 +218,7 @@ def test_device_dataset_batches_equal_collated_samples():
 
 
 def test_index_stream_gives_full_batches_and_covers_every_sample():
-    from fedvla_policy.device_data import IndexStream
+    from fedvla_core.device_data import IndexStream
 
     stream = IndexStream(10, 4, seed=3, device="cpu")
     batches = [stream.next() for _ in range(10)]  # 40 draws = 4 epochs
@@ -233,7 +233,7 @@ def test_index_stream_gives_full_batches_and_covers_every_sample():
 @pytest.mark.parametrize("kind", ["dgmoe", "topk", "dense", "adamoe"])
 def test_training_forward_is_one_graph_for_torch_compile(kind):
     """No graph break in forward + loss on a gathered batch (augmentation on): compile and CUDA graphs see one graph."""
-    from fedvla_policy.device_data import DeviceDataset
+    from fedvla_core.device_data import DeviceDataset
 
     policy = tiny_policy(kind, image_shift_aug=2, proprio_dropout=0.2)
     data = DeviceDataset.from_dataset(TinyEpisodes(), "cpu", policy.language_encoder)
@@ -283,7 +283,7 @@ def test_a_late_non_finite_step_is_never_applied_even_between_host_checks():
 
 
 def test_train_accepts_a_device_dataset_and_reports_its_engine():
-    from fedvla_policy.device_data import DeviceDataset
+    from fedvla_core.device_data import DeviceDataset
 
     policy = tiny_policy(kind="dense")
     data = DeviceDataset.from_dataset(TinyEpisodes(), "cpu", policy.language_encoder)
@@ -319,7 +319,7 @@ def test_time_schedule_anneals_within_the_time_budget_whatever_the_step_rate():
 
 def test_train_cli_refuses_model_overrides_that_have_their_own_flag(tmp_path):
     """--model chunk_size=20 would give the model one chunk size and the dataset another: refused, naming the flag."""
-    out = subprocess.run([sys.executable, "-m", "fedvla_policy.train_cli", "--episodes", str(tmp_path),
+    out = subprocess.run([sys.executable, "-m", "fedvla_core.train_cli", "--episodes", str(tmp_path),
                           "--output", str(tmp_path / "out"), "--model", "chunk_size=20"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from fedvla_fed_client.episodes import read_episode
+from fedvla_core.episodes import read_episode
 from fedvla_sim.batched_eval import SuiteEvalConfig, evaluate_suite, summarize, wilson_interval
 from fedvla_sim.recorder import SuiteRecordConfig, episode_path, record_suite
 from fedvla_sim.seeds import DEMO_SEED_START
@@ -69,7 +69,7 @@ def test_summary_counts_failures_and_the_held_out_gap():
 def test_batched_eval_of_a_real_policy_writes_eval_json_and_a_failure_gif(tmp_path):
     import torch
 
-    from fedvla_policy.model import FedVLAConfig, FedVLAPolicy
+    from fedvla_core.model import FedVLAConfig, FedVLAPolicy
 
     torch.manual_seed(0)
     FedVLAPolicy(FedVLAConfig(**TINY_PANDA)).save_pretrained(str(tmp_path / "policy"))

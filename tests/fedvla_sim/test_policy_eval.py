@@ -59,7 +59,7 @@ TINY_MW = dict(camera_names=["corner", "topview", "gripperPOV"], proprio_dim=4, 
 def tiny_policy_dir(tmp_path_factory):
     import torch
 
-    from fedvla_policy.model import FedVLAConfig, FedVLAPolicy
+    from fedvla_core.model import FedVLAConfig, FedVLAPolicy
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("policy")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedvla_fed_client.episodes import EpisodeDataset, read_episode
+from fedvla_core.episodes import EpisodeDataset, read_episode
 from fedvla_sim.env import PandaTabletopEnv
 from fedvla_sim.recorder import RecordConfig, record_episode
 

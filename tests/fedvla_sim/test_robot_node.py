@@ -200,7 +200,7 @@ def test_node_refuses_non_finite_and_ragged_trajectories_and_bad_service_request
 
 
 def test_demonstration_recorded_through_ros_carries_the_sims_task_and_seed(robot, processes, rclpy_context, tmp_path):
-    from fedvla_fed_client.episodes import list_episodes, read_episode
+    from fedvla_core.episodes import list_episodes, read_episode
 
     episodes = tmp_path / "episodes"
     fed = processes.start(

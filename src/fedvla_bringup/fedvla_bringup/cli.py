@@ -20,14 +20,14 @@ from fedvla_bringup.graph import parse_bool, robot_graph
 
 COMPONENTS = [
     ("fedvla_msgs.action", "ROS 2 interfaces (ExecuteInstruction, ExpertUsage, RoundStatus, services)"),
-    ("fedvla_policy.model", "VLA model: IOSP + Dual-Gating MoE"),
-    ("fedvla_policy.training", "shared training loop"),
+    ("fedvla_core.model", "VLA model: IOSP + Dual-Gating MoE"),
+    ("fedvla_core.training", "shared training loop"),
     ("fedvla_policy.server_node", "policy action server node"),
     ("fedvla_sim.robot_node", "simulated Panda robot node"),
-    ("fedvla_fed_client.episodes", "episode log (MCAP)"),
+    ("fedvla_core.episodes", "episode log (MCAP)"),
     ("fedvla_fed_client.client_node", "fed client node (logger + round scheduler)"),
-    ("fedvla_fed_client.client_app", "Flower ClientApp"),
-    ("fedvla_fed_server.server_app", "Flower ServerApp (Expert-Driven Aggregation)"),
+    ("fedvla_flower.client_app", "Flower ClientApp"),
+    ("fedvla_flower.server_app", "Flower ServerApp (Expert-Driven Aggregation)"),
     ("fedvla_bringup.fleet_demo", "simulated fleet demo"),
 ]
 OPTIONAL_ROS = [("launch_ros", "ros2 launch"), ("moveit.planning", "MoveIt 2 (moveit_py)"),

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from fedvla_fed_client.local_trainer import ping
+from fedvla_flower.local_trainer import ping
 from fedvla_fed_client.supernode import SuperNodeSupervisor, free_port
 from fedvla_fed_server.superlink import SuperLinkProcess
 

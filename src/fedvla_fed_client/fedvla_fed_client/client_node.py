@@ -10,7 +10,7 @@
   and after each round asks the policy server to load the new checkpoint.
 A thin shell: recording, scheduling and the gate live in ROS-free modules.
 
-Every callback checks what it receives (fedvla_fed_client.input_checks) and survives it: a
+Every callback checks what it receives (fedvla_core.episodes.input_checks) and survives it: a
 malformed message is refused with one bounded log line (rate-limited per callback), the last good
 input is kept, and the node keeps running; an unexpected error in a callback is logged the same
 way instead of ending the executor (and with `fedvla up robot`, the robot).
@@ -39,21 +39,21 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory
 
-from fedvla_fed_client.episode_recorder import GoalEpisodeRecorder, TrajectoryTracker
-from fedvla_fed_client.episodes import list_episodes
-from fedvla_fed_client.episodes.ros_schemas import typestore
-from fedvla_fed_client.input_checks import (InputRejected, bounded, check_episode_id, check_image_header,
+from fedvla_core.episodes.recorder import GoalEpisodeRecorder, TrajectoryTracker
+from fedvla_core.episodes import list_episodes
+from fedvla_core.episodes.ros_schemas import typestore
+from fedvla_core.episodes.input_checks import (InputRejected, bounded, check_episode_id, check_image_header,
                                             check_instruction, check_joint_state)
 from fedvla_fed_client.node_config import FedClientConfig
-from fedvla_fed_client.round_gate import read_report, write_gate
-from fedvla_fed_client.round_scheduler import RoundScheduler, ScheduleConfig
+from fedvla_core.federated.round_gate import read_report, write_gate
+from fedvla_core.federated.round_scheduler import RoundScheduler, ScheduleConfig
 from fedvla_msgs.action import ExecuteInstruction
 from fedvla_msgs.msg import MetricValue, RoundStatus
 from fedvla_msgs.srv import LoadCheckpoint, RunExpert, TriggerRound
-from fedvla_policy.gil import use_short_gil_switch_interval
-from fedvla_policy.image_conversion import image_to_numpy, to_rgb
-from fedvla_policy.input_sync import StampedHistory, stamp_seconds
-from fedvla_policy.node_main import run_node
+from fedvla_ros.gil import use_short_gil_switch_interval
+from fedvla_ros.image_conversion import image_to_numpy, to_rgb
+from fedvla_core.control.input_sync import StampedHistory, stamp_seconds
+from fedvla_ros.node_main import run_node
 
 TERMINAL = {GoalStatus.STATUS_SUCCEEDED: "succeeded", GoalStatus.STATUS_CANCELED: "canceled",
             GoalStatus.STATUS_ABORTED: "aborted"}
@@ -497,9 +497,9 @@ def trainer_thread_env(threads: int) -> dict[str, str]:
 
 
 def main(args=None) -> int:
-    """Run the fed client until Ctrl-C; exit 0 (fedvla_policy.node_main). 4 threads: sensors, recording,
+    """Run the fed client until Ctrl-C; exit 0 (fedvla_ros.node_main). 4 threads: sensors, recording,
     schedule, goals/services."""
-    use_short_gil_switch_interval()  # the recorder's sensor callbacks must keep up (see fedvla_policy.gil)
+    use_short_gil_switch_interval()  # the recorder's sensor callbacks must keep up (see fedvla_ros.gil)
     return run_node(FedClientNode, num_threads=4, args=args)
 
 

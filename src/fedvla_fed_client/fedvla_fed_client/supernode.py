@@ -18,7 +18,7 @@ A restarted SuperNode keeps its node id (it derives from the auth key), so the S
 the same robot again. TLS + authentication are required unless ``insecure=True`` is passed.
 
 With ``local_trainer=True`` (the default) the supervisor also runs the robot's warm local trainer
-(:mod:`fedvla_fed_client.local_trainer`, log in ``<episode-dir>/local_trainer.log``) and restarts
+(:mod:`fedvla_flower.local_trainer`, log in ``<episode-dir>/local_trainer.log``) and restarts
 it when it exits; the ClientApp hands its rounds to it, so a round does not pay for importing
 torch and loading the model. A SuperNode restart leaves the trainer (and its warm state) alone.
 
@@ -157,7 +157,7 @@ class SuperNodeSupervisor:
         self.trainer = None
         episode_dir = str(self.node_config.get("episode-dir", "") or "")
         if local_trainer and episode_dir and str(self.node_config.get("local-trainer", "auto")) != "off":
-            from fedvla_fed_client.local_trainer import LocalTrainerProcess
+            from fedvla_flower.local_trainer import LocalTrainerProcess
 
             self.trainer = LocalTrainerProcess(
                 episode_dir, policy_dir=str(self.node_config.get("policy-dir", "") or ""),

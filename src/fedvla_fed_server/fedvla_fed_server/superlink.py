@@ -23,8 +23,9 @@ from typing import Any, Callable, Mapping
 
 import tomli_w
 
+from fedvla_flower.app_dir import app_dir as app_dir_of_fedvla_flower
+
 SUPERLINK_NAME = "fedvla"
-APP_DIR = Path(__file__).resolve().parent / "flwr_app"
 
 
 def _bin_dir() -> str:
@@ -161,8 +162,9 @@ class SuperLinkProcess:
     def list_nodes(self) -> list[dict]:
         return self.flwr("supernode", "list", SUPERLINK_NAME).get("nodes", [])
 
-    def submit(self, run_config: Mapping[str, Any], app_dir=APP_DIR) -> str:
-        """``flwr run`` the FedVLA app with these run-config overrides; returns the run id."""
+    def submit(self, run_config: Mapping[str, Any], app_dir=None) -> str:
+        """``flwr run`` the FedVLA app (``app_dir``: fedvla_flower's own) with these run-config overrides; the run id."""
+        app_dir = app_dir or app_dir_of_fedvla_flower()
         cfg_path = self.state_dir / "run_config.toml"
         cfg_path.write_text(tomli_w.dumps(dict(run_config)))
         res = self.flwr("run", str(app_dir), SUPERLINK_NAME, "--run-config", str(cfg_path))

@@ -23,7 +23,7 @@ from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 
 from fedvla_msgs.action import ExecuteInstruction
-from fedvla_policy.goal_refusal import RETRYABLE, refusal_code
+from fedvla_core.control.goal_refusal import RETRYABLE, refusal_code
 
 STATUS_NAMES = {
     GoalStatus.STATUS_UNKNOWN: "unknown", GoalStatus.STATUS_ACCEPTED: "accepted",

@@ -62,17 +62,18 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from fedvla_msgs.action import ExecuteInstruction
 from fedvla_msgs.msg import ExpertUsage, LayerExpertUsage
 from fedvla_msgs.srv import LoadCheckpoint
-from fedvla_policy.checkpoint_swap import CheckpointRefused, RobotSpec, load_validated
-from fedvla_policy.goal_refusal import BUSY, NOT_READY, refusal_reason
-from fedvla_policy.image_conversion import image_to_numpy, to_rgb
-from fedvla_policy.input_checks import InputRejected, LogLimiter, bounded, joint_state_values, trajectory_problem
-from fedvla_policy.instruction_grounding import InstructionGrounder, trained_instructions
-from fedvla_policy.gil import use_short_gil_switch_interval
-from fedvla_policy.node_main import run_node
-from fedvla_policy.motion import (PANDA_LIMITS, JointLimits, MotionConfig, MotionRejected, hold_trajectory,
-                                  make_backend, moveit_available, stop_trajectory)
-from fedvla_policy.input_sync import stamp_seconds
-from fedvla_policy.server_logic import (Frame, JointSample, LatestInputs, ReferenceTracker, ServerConfig,
+from fedvla_core.control.checkpoint_swap import CheckpointRefused, RobotSpec, load_validated
+from fedvla_core.control.goal_refusal import BUSY, NOT_READY, refusal_reason
+from fedvla_ros.image_conversion import image_to_numpy, to_rgb
+from fedvla_core.control.input_checks import InputRejected, LogLimiter, bounded, joint_state_values, trajectory_problem
+from fedvla_core.control.instruction_grounding import InstructionGrounder, trained_instructions
+from fedvla_ros.gil import use_short_gil_switch_interval
+from fedvla_ros.node_main import run_node
+from fedvla_core.control.motion import (PANDA_LIMITS, JointLimits, MotionConfig, MotionRejected, hold_trajectory,
+                                        make_backend, stop_trajectory)
+from fedvla_policy.moveit_backend import MoveItBackend, moveit_available
+from fedvla_core.control.input_sync import stamp_seconds
+from fedvla_core.control.inputs import (Frame, JointSample, LatestInputs, ReferenceTracker, ServerConfig,
                                         current_positions,
                                         goal_rejection_reason, progress, proprio_vector, step_budget)
 
@@ -124,6 +125,23 @@ def to_joint_trajectory(traj) -> JointTrajectory:
 
 #: The next step needs frames received at least this many control periods after the last step's.
 STEP_SPACING = 0.7
+
+
+def sim_task_instructions(cameras: list[str]) -> tuple[list[str], str]:
+    """The sim's task phrasings that match a checkpoint's cameras (Meta-World or the Panda tabletop).
+
+    The fallback for checkpoints that do not list their trained instructions. Optional: a robot without
+    the fedvla_sim package gets no instructions (and every goal is then refused as not grounded).
+    """
+    try:
+        from fedvla_sim.metaworld_env import DEFAULT_CAMERAS, METAWORLD_TASKS
+        from fedvla_sim.tasks import TASKS
+    except ImportError as exc:
+        return [], f"no trained_instructions in the checkpoint and no sim task table ({exc})"
+
+    if cameras and all(c in DEFAULT_CAMERAS for c in cameras):
+        return sorted({p for phrasings in METAWORLD_TASKS.values() for p in phrasings}), "the Meta-World task table"
+    return sorted({p for task in TASKS.values() for p in task.phrasings}), "the Panda tabletop task table"
 
 
 class _GoalRun:
@@ -250,8 +268,9 @@ class PolicyServer(Node):
             import mujoco
 
             mj_model = mujoco.MjModel.from_xml_path(cfg.ik_model_path)
+        if moveit_robot is not None and cfg.motion_backend != "toppra":
+            return MoveItBackend(moveit_robot, limits=limits, config=motion_cfg, gripper_joint=cfg.gripper_joint or None)
         return make_backend(cfg.action_space, motion_cfg, limits=limits, gripper_joint=cfg.gripper_joint or None,
-                            prefer_moveit=cfg.motion_backend != "toppra", moveit_robot=moveit_robot,
                             mj_model=mj_model, ee_site=cfg.ik_site)
 
     # ------------------------------------------------------------------ model
@@ -285,7 +304,7 @@ class PolicyServer(Node):
         if threshold <= 0:
             self.get_logger().info("instruction grounding off (min_instruction_similarity <= 0)")
             return None
-        instructions, source = trained_instructions(policy.config)
+        instructions, source = trained_instructions(policy.config, sim_task_instructions)
         if not instructions:
             self.get_logger().warning(f"instruction grounding off: {source}")
             return None
@@ -702,7 +721,7 @@ class PolicyServer(Node):
 
 
 def main(args=None) -> int:
-    """Run the policy server until Ctrl-C; exit 0 (fedvla_policy.node_main)."""
+    """Run the policy server until Ctrl-C; exit 0 (fedvla_ros.node_main)."""
     use_short_gil_switch_interval()
     return run_node(PolicyServer, num_threads=6, args=args)
 

@@ -247,7 +247,7 @@ def _worker_main(conn, suite: str, cameras: list[str], camera_size: int, jobs: l
 def _load_policy(checkpoint: str, device: str):
     import torch
 
-    from fedvla_policy.model import FedVLAPolicy
+    from fedvla_core.model import FedVLAPolicy
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -113,13 +113,13 @@ def rollout_policy(env, act: Callable[[dict], np.ndarray], seed: int, max_steps:
 
 def load_policy(source: PolicySource, device: str = "cpu"):
     """The policy of `source` in eval mode on `device` (global arrays loaded over the folder's weights)."""
-    from fedvla_policy.model import FedVLAPolicy
+    from fedvla_core.model import FedVLAPolicy
 
     policy = FedVLAPolicy.from_pretrained(source.checkpoint)
     if source.global_arrays:
         from safetensors.numpy import load_file
 
-        from fedvla_fed_client.local_round import load_global
+        from fedvla_core.federated.local_round import load_global
 
         load_global(policy, load_file(source.global_arrays), source.scope)
     return policy.to(device).eval()

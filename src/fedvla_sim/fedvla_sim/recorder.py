@@ -86,7 +86,7 @@ def record_episode(env, suite: str, seed: int, out_dir: Path, keep_failed: bool 
     The episode is written step by step and dropped (`abort`) when the expert fails and
     `keep_failed` is off, so no failed demonstration ever appears under its final name.
     """
-    from fedvla_fed_client.episodes import EpisodeWriter
+    from fedvla_core.episodes import EpisodeWriter
 
     env.reset(seed)
     if suite == "panda":

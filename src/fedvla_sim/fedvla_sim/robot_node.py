@@ -36,9 +36,9 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from fedvla_fed_client.input_checks import bounded
+from fedvla_core.episodes.input_checks import bounded
 from fedvla_msgs.srv import ResetTask, RunExpert
-from fedvla_policy.node_main import run_node
+from fedvla_ros.node_main import run_node
 from fedvla_sim.sim_robot import SimRobot, SimRobotConfig
 from fedvla_sim.tasks import TASKS
 from fedvla_sim.trajectory import TrajectoryRejected
@@ -265,12 +265,12 @@ class SimRobotNode(Node):
 #: for every MuJoCo step while the camera thread and the executor's timers compete for it; at 5 ms the
 #: physics fell behind real time and camera frames and joint states stopped for ~1 s at a time during
 #: policy goals (single-robot probe, 2-core machine); at 0.5 ms the largest gap was 0.13 s. Same setting
-#: and reason as the policy server's (fedvla_policy.gil).
+#: and reason as the policy server's (fedvla_ros.gil).
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def main(args=None) -> int:
-    """Run the sim robot until Ctrl-C; exit 0 (fedvla_policy.node_main); the physics and camera threads stop first."""
+    """Run the sim robot until Ctrl-C; exit 0 (fedvla_ros.node_main); the physics and camera threads stop first."""
     import sys
 
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)

@@ -1,0 +1,157 @@
+"""Flower ClientApp of a robot: a thin shell around :func:`fedvla_core.federated.local_round.run_local_round`.
+
+The SuperNode that runs it is started with ``--node-config 'robot-id=... episode-dir=...'``
+(optionally ``policy-dir``, ``base-checkpoint``); the server's ConfigRecord carries the round's
+settings (scope, proximal-mu, train-layers, local-steps, ...; see fedvla_flower.strategies).
+
+Before training the app waits for the robot's round gate (written by the fed client node: the
+robot is idle and has new episodes); after training it writes the round report that the node
+publishes as RoundStatus, naming the new local checkpoint for the policy server. A robot that
+is busy or has no data answers with an empty update (num-examples 0) instead of an error reply,
+because error replies have been seen to wedge SuperNodes (flower#4844).
+
+Training itself goes to the robot's warm local trainer when one runs
+(:mod:`fedvla_flower.local_trainer`, started next to the SuperNode by SuperNodeSupervisor):
+this process then imports only flwr + numpy, hands the global arrays over a local Unix socket
+and waits. Without a trainer (the simulation engine, tests, node-config ``local-trainer="off"``)
+or when it dies mid-round, the round runs in this process as before. Arrays travel packed (one
+flat array per dtype, see fedvla_core.federated.wire): Flower moves each array as separate
+HTTP objects, and ~100 small ones per message cost far more than the bytes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedvla_core.episodes.input_checks import bounded
+from fedvla_core.federated.local_round import LocalRoundConfig, LocalRoundResult, run_local_round
+from fedvla_flower.local_trainer import TrainerError, TrainerUnavailable, request_round
+from fedvla_core.federated.round_gate import RoundReport, wait_and_take_gate, write_report
+from fedvla_core.federated.wire import pack_arrays, unpack_arrays
+
+log = logging.getLogger("fedvla.client")
+
+#: Set by the ServerApp (fedvla_flower.server_app): when it pushed the round, and (ours) when we replied.
+ROUND_PUSH_TIME_KEY = "round-push-time"
+REPLY_TIME_KEY = "reply-time"
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc), i.e. what flwr-clientapp spent before calling us."""
+    try:
+        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime_s = float(open("/proc/uptime").read().split()[0])
+        return max(uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _timing_metrics(conf: dict, entered: float, age: float | None) -> dict:
+    """How the message reached this ClientApp: delivery-s (server push -> here), clientapp-start-s (process start -> here)."""
+    out = {}
+    if ROUND_PUSH_TIME_KEY in conf:
+        out["delivery-s"] = max(entered - float(conf[ROUND_PUSH_TIME_KEY]), 0.0)
+    if age is not None:
+        out["clientapp-start-s"] = age
+    return out
+
+app = ClientApp()
+
+
+def _round_config(msg: Message, context: Context) -> tuple[LocalRoundConfig, float, float]:
+    """The local round's config, the gate timeout and how long to wait for the warm trainer."""
+    node = dict(context.node_config)
+    conf = dict(msg.content["config"]) if "config" in msg.content else {}
+    cfg = LocalRoundConfig(
+        episode_dir=str(node.get("episode-dir", "")),
+        policy_dir=str(node.get("policy-dir", "")),
+        robot_id=str(node.get("robot-id", "")),
+        base_checkpoint=str(node.get("base-checkpoint", "") or conf.get("base-checkpoint", "")),
+        model_config=str(conf.get("model-config", "")),
+        server_round=int(conf.get("server-round", 0)),
+        scope=str(conf.get("scope", "trunk")),
+        proximal_mu=float(conf.get("proximal-mu", 0.0)),
+        train_layers=list(conf.get("train-layers", []) or []),
+        local_steps=int(conf.get("local-steps", 20)),
+        batch_size=int(conf.get("batch-size", 8)),
+        learning_rate=float(conf.get("learning-rate", 3e-4)),
+        seed=int(conf.get("seed", 0)),
+        upload_dtype=str(conf.get("upload-dtype", "float32")),
+        fault_injection=str(node.get("fault-injection", "")),
+    )
+    return cfg, float(conf.get("gate-timeout", 120.0)), float(conf.get("round-timeout", 3600.0))
+
+
+def _train(cfg: LocalRoundConfig, global_arrays: dict, mode: str, timeout_s: float) -> tuple[LocalRoundResult, dict]:
+    """Run the round in the warm trainer if one answers, else here; returns (result, hand-off metrics)."""
+    if mode != "off":
+        t0 = time.monotonic()
+        try:
+            result, trainer_s = request_round(cfg, global_arrays, timeout_s=timeout_s)
+            return result, {"warm-trainer": 1, "trainer-s": trainer_s,
+                            "handoff-s": max(time.monotonic() - t0 - trainer_s, 0.0)}
+        except TrainerError as err:
+            raise RuntimeError(f"local trainer: {err}") from err
+        except TrainerUnavailable as err:
+            log.info("no warm local trainer (%s); training in the ClientApp process", err)
+    return run_local_round(cfg, global_arrays), {"warm-trainer": 0}
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line for RoundStatus: the error's type and its first line (a trainer's traceback stays in the log)."""
+    first = (str(err).strip().splitlines() or [""])[0]
+    return bounded(f"{type(err).__name__}: {first}", 500)
+
+
+def _record(arrays: dict) -> ArrayRecord:
+    from flwr.app import Array
+
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One federated round on this robot."""
+    entered, age = time.time(), process_age_s()
+    logging.basicConfig(level=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    cfg, gate_timeout, trainer_timeout = _round_config(msg, context)
+    bytes_down = msg.content["arrays"].count_bytes() if "arrays" in msg.content else 0
+    t0 = time.monotonic()
+    try:
+        wait_and_take_gate(cfg.episode_dir, cfg.server_round, gate_timeout)
+    except TimeoutError as err:
+        log.warning("%s", err)
+        write_report(cfg.episode_dir, RoundReport(server_round=cfg.server_round, state="skipped",
+                                                  bytes_down=bytes_down, message=str(err)))
+        return Message(RecordDict({"arrays": ArrayRecord(), "metrics": MetricRecord(
+            {"num-examples": 0, "bytes-down": bytes_down})}), reply_to=msg)
+    try:
+        global_arrays = unpack_arrays({k: v.numpy() for k, v in msg.content["arrays"].items()})
+        mode = str(dict(context.node_config).get("local-trainer", "auto"))
+        result, handoff = _train(cfg, global_arrays, mode, trainer_timeout)
+    except Exception as err:  # noqa: BLE001 - report the failure to the robot, send an empty update
+        log.error("local round failed: %s\n%s", err, traceback.format_exc())
+        write_report(cfg.episode_dir, RoundReport(server_round=cfg.server_round, state="failed",
+                                                  bytes_down=bytes_down, message=failure_reason(err)))
+        return Message(RecordDict({"arrays": ArrayRecord(), "metrics": MetricRecord(
+            {"num-examples": 0, "bytes-down": bytes_down, "failed": 1})}), reply_to=msg)
+    record = _record(pack_arrays(result.upload))  # one flat array per dtype: far fewer Flower objects
+    bytes_up = record.count_bytes()
+    timing = _timing_metrics(dict(msg.content["config"]) if "config" in msg.content else {}, entered, age)
+    metrics = dict(result.metrics, **handoff, **timing, **{"bytes-up": bytes_up, "bytes-down": bytes_down,
+                                                          "round-client-s": time.monotonic() - t0})
+    scalar = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    write_report(cfg.episode_dir, RoundReport(
+        server_round=cfg.server_round, state="done" if result.upload else "skipped", bytes_up=bytes_up,
+        bytes_down=bytes_down, num_examples=int(metrics.get("num-examples", 0)),
+        num_episodes=int(metrics.get("num-episodes", 0)), episode_ids=result.episode_ids,
+        metrics=scalar, checkpoint=result.checkpoint,
+        message="" if result.upload else "no successful episodes to train on"))
+    metrics[REPLY_TIME_KEY] = time.time()
+    return Message(RecordDict({"arrays": record, "metrics": MetricRecord(metrics)}), reply_to=msg)
