@@ -16,12 +16,28 @@ calls the handler installed here afterwards, and restores it when rclpy shuts do
 """
 from __future__ import annotations
 
+import faulthandler
 import signal
+import sys
 from typing import Callable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
+
+
+#: Seconds a node may take to stop after Ctrl-C before it writes every thread's stack to stderr (its log).
+#: Below the 20 s after which `fedvla up robot` kills it, so a node that hangs while stopping says where.
+STOP_WATCHDOG_S = 12.0
+
+
+def arm_stop_watchdog(seconds: float = STOP_WATCHDOG_S) -> None:
+    """If this process is still alive `seconds` from now, dump all threads' tracebacks to stderr (and go on).
+
+    A node killed with SIGKILL after a hung shutdown leaves an exit code and nothing else; the dump is
+    what tells which callback or thread kept it from stopping.
+    """
+    faulthandler.dump_traceback_later(seconds, repeat=False, file=sys.stderr, exit=False)
 
 
 class _FirstInterruptOnly:
@@ -33,6 +49,7 @@ class _FirstInterruptOnly:
     def __call__(self, signum, frame):  # noqa: ARG002 - signal handler signature
         if not self.stopping:
             self.stopping = True
+            arm_stop_watchdog()
             raise KeyboardInterrupt
 
 
@@ -59,6 +76,8 @@ def run_node(make_node: Callable[[], Node], *, num_threads: int, args: list[str]
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
         finally:
+            if not interrupts.stopping:  # stopping for another reason than Ctrl-C (external shutdown, an error)
+                arm_stop_watchdog()
             interrupts.stopping = True  # a SIGINT from here on (launch forwarding one more) changes nothing
             try:
                 if node is not None and before_destroy is not None:
