@@ -1,4 +1,4 @@
-"""benchmarks/metaworld_table1.py: pure helpers, config validation, and the smoke config end to end.
+"""benchmarks/metaworld_table1.py and benchmarks/table1/: pure helpers, config validation, the smoke config end to end.
 
 The end-to-end test runs the committed smoke config (every method, as real loopback deployments:
 SuperLink + SuperNodes + warm trainers, real Meta-World recording and rollouts) into a temp dir,
@@ -20,7 +20,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import metaworld_table1 as t1  # noqa: E402
+from table1.config import ALL_TASKS, Table1Config  # noqa: E402
+from table1.methods import METHODS, clients_of, run_config  # noqa: E402
+from table1.results import local_epochs  # noqa: E402
 
 SMOKE = ROOT / "benchmarks" / "configs" / "metaworld_table1_smoke.yaml"
 FULL = ROOT / "benchmarks" / "configs" / "metaworld_table1_full.yaml"
@@ -28,67 +30,67 @@ FULL = ROOT / "benchmarks" / "configs" / "metaworld_table1_full.yaml"
 
 # ------------------------------------------------------------------------------------ pure helpers
 def test_local_epochs_is_steps_times_batch_over_samples():
-    assert t1.local_epochs(100, 32, 1600) == pytest.approx(2.0)
-    assert t1.local_epochs(3, 4, 24) == pytest.approx(0.5)
+    assert local_epochs(100, 32, 1600) == pytest.approx(2.0)
+    assert local_epochs(3, 4, 24) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="client_samples"):
-        t1.local_epochs(1, 1, 0)
+        local_epochs(1, 1, 0)
 
 
 def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="methods"):
-        t1.Table1Config(methods=["fedvla", "nope"])
+        Table1Config(methods=["fedvla", "nope"])
     with pytest.raises(ValueError, match="tasks"):
-        t1.Table1Config(tasks=["door-lock", "door-lock"])
+        Table1Config(tasks=["door-lock", "door-lock"])
     with pytest.raises(ValueError, match="eval_seed_start"):  # evaluation seeds must be held out
-        t1.Table1Config(eval_seed_start=990, eval_episodes=50, train_seed_start=1000)
+        Table1Config(eval_seed_start=990, eval_episodes=50, train_seed_start=1000)
     with pytest.raises(ValueError, match="fedpart_layers"):
-        t1.Table1Config(fedpart_layers=4, model={"n_layers": 4})
+        Table1Config(fedpart_layers=4, model={"n_layers": 4})
     with pytest.raises(ValueError, match="device"):
-        t1.Table1Config(device="tpu")
+        Table1Config(device="tpu")
     with pytest.raises(ValueError, match="local_steps"):
-        t1.Table1Config(local_steps=0)
+        Table1Config(local_steps=0)
 
 
 def test_yaml_unknown_key_is_refused(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("rounds: 2\nround: 3\n")
     with pytest.raises(ValueError, match="unknown keys.*round"):
-        t1.Table1Config.from_yaml(path)
+        Table1Config.from_yaml(path)
 
 
 def test_smoke_and_full_configs_have_the_same_keys_and_the_full_one_is_the_papers_setting():
     smoke_yaml, full_yaml = yaml.safe_load(SMOKE.read_text()), yaml.safe_load(FULL.read_text())
-    assert set(smoke_yaml) == set(full_yaml) == {f.name for f in fields(t1.Table1Config)}
+    assert set(smoke_yaml) == set(full_yaml) == {f.name for f in fields(Table1Config)}
     assert set(smoke_yaml["model"]) == set(full_yaml["model"])
-    full = t1.Table1Config.from_yaml(FULL)
-    assert full.tasks == list(t1.ALL_TASKS) and full.methods == list(t1.METHODS)
+    full = Table1Config.from_yaml(FULL)
+    assert full.tasks == list(ALL_TASKS) and full.methods == list(METHODS)
     assert full.device == "cuda" and full.eval_episodes >= 50 and full.demos_per_task == 50
     assert full.model["camera_names"] == ["corner", "topview", "gripperPOV"] and full.model["image_size"] == 128
     assert full.out == "benchmarks/results/metaworld_table1.json" and full.results_md == "docs/RESULTS.md"
-    smoke = t1.Table1Config.from_yaml(SMOKE)
+    smoke = Table1Config.from_yaml(SMOKE)
     assert smoke.device == "cpu" and smoke.rounds == 1
     assert not smoke.out.startswith("benchmarks/results") and not smoke.results_md.startswith("docs/")
     assert full.eval_rounds()[-1] == full.rounds and len(full.eval_rounds()) >= 3
 
 
 def test_run_config_gives_centralized_the_same_total_steps_and_each_method_its_strategy(tmp_path):
-    cfg = t1.Table1Config(local_steps=7, model={"n_layers": 4})
-    central = t1.run_config(cfg, "centralized", tmp_path)
-    fedvla = t1.run_config(cfg, "fedvla", tmp_path)
-    assert central["local-steps"] * len(t1.clients_of(cfg, "centralized")) == \
-        fedvla["local-steps"] * len(t1.clients_of(cfg, "fedvla")) == 7 * 4
+    cfg = Table1Config(local_steps=7, model={"n_layers": 4})
+    central = run_config(cfg, "centralized", tmp_path)
+    fedvla = run_config(cfg, "fedvla", tmp_path)
+    assert central["local-steps"] * len(clients_of(cfg, "centralized")) == \
+        fedvla["local-steps"] * len(clients_of(cfg, "fedvla")) == 7 * 4
     assert (central["min-nodes"], fedvla["min-nodes"]) == (1, 4)
     assert (central["strategy"], central["scope"]) == ("fedavg", "full")
     assert (fedvla["strategy"], fedvla["scope"], fedvla["fedpart-layers"]) == ("eda", "trunk", 0)
-    assert t1.run_config(cfg, "fedprox", tmp_path)["proximal-mu"] == cfg.proximal_mu > 0
-    assert t1.run_config(cfg, "fedpart", tmp_path)["fedpart-layers"] == cfg.fedpart_layers
-    assert json.loads(t1.run_config(cfg, "fedvla-top2", tmp_path)["model-config"])["ffn_kind"] == "topk"
-    assert json.loads(t1.run_config(cfg, "fedvla-no-iosp", tmp_path)["model-config"])["use_iosp"] is False
-    assert (t1.run_config(cfg, "fedvla-fedavg-agg", tmp_path)["strategy"], "trunk") == ("fedavg", "trunk")
+    assert run_config(cfg, "fedprox", tmp_path)["proximal-mu"] == cfg.proximal_mu > 0
+    assert run_config(cfg, "fedpart", tmp_path)["fedpart-layers"] == cfg.fedpart_layers
+    assert json.loads(run_config(cfg, "fedvla-top2", tmp_path)["model-config"])["ffn_kind"] == "topk"
+    assert json.loads(run_config(cfg, "fedvla-no-iosp", tmp_path)["model-config"])["use_iosp"] is False
+    assert (run_config(cfg, "fedvla-fedavg-agg", tmp_path)["strategy"], "trunk") == ("fedavg", "trunk")
     from fedvla_flower.server_app import ServerRunConfig
 
-    for m in t1.METHODS:  # every run config is one the ServerApp accepts
-        ServerRunConfig.from_run_config(t1.run_config(cfg, m, tmp_path))
+    for m in METHODS:  # every run config is one the ServerApp accepts
+        ServerRunConfig.from_run_config(run_config(cfg, m, tmp_path))
 
 
 # ------------------------------------------------------------------------------- end to end (smoke)
@@ -103,7 +105,7 @@ def test_smoke_config_end_to_end(tmp_path):
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=840)
     first_s = time.monotonic() - t0
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    cfg = t1.Table1Config.from_yaml(SMOKE)
+    cfg = Table1Config.from_yaml(SMOKE)
     result = json.loads(out.read_text())
 
     assert set(result["methods"]) == set(cfg.methods)
@@ -129,7 +131,7 @@ def test_smoke_config_end_to_end(tmp_path):
         metrics = json.loads((work / "runs" / name / "checkpoints" / f"round_{cfg.rounds:04d}.json").read_text())
         assert m["client_samples"] > 0
         assert m["local_epochs_per_round"] == pytest.approx(
-            t1.local_epochs(m["local_steps_per_round"], cfg.batch_size, m["client_samples"]))
+            local_epochs(m["local_steps_per_round"], cfg.batch_size, m["client_samples"]))
         assert m["activated_experts_per_token"] == pytest.approx(metrics["metrics"]["mean-active-experts"])
         assert m["train_wall_s"] > 0 and m["success_by_round"][-1]["round"] == cfg.rounds
     ms = result["methods"]
