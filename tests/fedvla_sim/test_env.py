@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from fedvla_core.embodiment import FINGER_MAX_M
 from fedvla_sim import scene
 from fedvla_sim.env import SEGMENTATION_CLASSES, PandaTabletopEnv, action_to_joint_targets, joint_targets_to_action
 
@@ -67,7 +68,7 @@ def test_step_tracks_joint_targets(env):
 def test_gripper_unit_conversion_round_trips():
     action = np.array([0.1, 0.2, 0.3, -1.0, 0.0, 1.0, 0.5, 0.25])
     targets = action_to_joint_targets(action)
-    assert targets[7] == pytest.approx(0.25 * scene.FINGER_MAX)
+    assert targets[7] == pytest.approx(0.25 * FINGER_MAX_M)
     np.testing.assert_allclose(joint_targets_to_action(targets), action)
 
 

@@ -10,8 +10,8 @@ import logging
 
 import numpy as np
 
-from fedvla_core.control.motion import (PANDA_GRIPPER_JOINT, PANDA_LIMITS, JointLimits, JointSpaceBackend,
-                                        MotionConfig, PlannedTrajectory, enforce_limits)
+from fedvla_core.control.motion import JointSpaceBackend, MotionConfig, PlannedTrajectory, enforce_limits
+from fedvla_core.embodiment import GRIPPER_JOINT, PANDA_LIMITS, JointLimits
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class MoveItBackend(JointSpaceBackend):
     kind = "moveit"
 
     def __init__(self, moveit_robot, group: str = "panda_arm", limits: JointLimits = PANDA_LIMITS,
-                 config: MotionConfig | None = None, gripper_joint: str | None = PANDA_GRIPPER_JOINT):
+                 config: MotionConfig | None = None, gripper_joint: str | None = GRIPPER_JOINT):
         super().__init__(limits, config, gripper_joint)
         from moveit.core.robot_state import RobotState  # type: ignore
         from moveit.core.robot_trajectory import RobotTrajectory  # type: ignore

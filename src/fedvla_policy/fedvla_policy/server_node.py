@@ -69,8 +69,8 @@ from fedvla_core.control.input_checks import InputRejected, LogLimiter, bounded,
 from fedvla_core.control.instruction_grounding import InstructionGrounder, trained_instructions
 from fedvla_ros.gil import use_short_gil_switch_interval
 from fedvla_ros.node_main import run_node
-from fedvla_core.control.motion import (PANDA_LIMITS, JointLimits, MotionConfig, MotionRejected, hold_trajectory,
-                                        make_backend, stop_trajectory)
+from fedvla_core.control.motion import MotionConfig, MotionRejected, hold_trajectory, make_backend, stop_trajectory
+from fedvla_core.embodiment import PANDA_LIMITS, JointLimits
 from fedvla_policy.moveit_backend import MoveItBackend, moveit_available
 from fedvla_core.control.input_sync import stamp_seconds
 from fedvla_core.control.inputs import (Frame, JointSample, LatestInputs, ReferenceTracker, ServerConfig,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
+from fedvla_core import embodiment
 from fedvla_sim import scene
 from fedvla_sim.tasks import SceneState, Task, get_task
 
@@ -25,12 +26,12 @@ SEGMENTATION_CLASSES = ("background", "table", "robot") + scene.OBJECTS
 
 def gripper_command_to_finger(command: float) -> float:
     """Gripper command in [0, 1] -> finger joint position in metres."""
-    return float(np.clip(command, 0.0, 1.0)) * scene.FINGER_MAX
+    return float(embodiment.gripper_to_finger(command))
 
 
 def finger_to_gripper_command(position: float) -> float:
     """Finger joint position in metres -> gripper command in [0, 1]."""
-    return float(np.clip(position / scene.FINGER_MAX, 0.0, 1.0))
+    return float(embodiment.finger_to_gripper(position))
 
 
 def action_to_joint_targets(action: np.ndarray) -> np.ndarray:
@@ -71,8 +72,8 @@ class EnvConfig:
 class PandaTabletopEnv:
     """A seeded tabletop task for the Panda: reset, step, render, success."""
 
-    joint_names = scene.ROS_JOINT_NAMES
-    action_names = scene.ARM_JOINTS + ("gripper",)
+    joint_names = embodiment.JOINT_NAMES
+    action_names = embodiment.ACTION_NAMES
 
     def __init__(self, task: str | Task = "put_red_block_in_bowl", seed: int = 0, camera_size: int = 128,
                  camera_names=("agentview", "wrist"), control_dt: float = 0.1, render: bool = True,
@@ -83,16 +84,18 @@ class PandaTabletopEnv:
         self.data = mujoco.MjData(self.model)
         self.physics_dt = float(self.model.opt.timestep)
         self.substeps = max(1, int(round(self.config.control_dt / self.physics_dt)))
-        self._arm_qpos = np.array([self.model.joint(n).qposadr[0] for n in scene.ARM_JOINTS])
-        self._arm_dof = np.array([self.model.joint(n).dofadr[0] for n in scene.ARM_JOINTS])
-        self._finger_qpos = np.array([self.model.joint(n).qposadr[0] for n in scene.FINGER_JOINTS])
+        self._arm_qpos = np.array([self.model.joint(n).qposadr[0] for n in embodiment.ARM_JOINTS])
+        self._arm_dof = np.array([self.model.joint(n).dofadr[0] for n in embodiment.ARM_JOINTS])
+        self._finger_qpos = np.array([self.model.joint(n).qposadr[0] for n in embodiment.FINGER_JOINTS])
         self._obj_qpos = {n: self.model.joint(f"{n}_joint").qposadr[0] for n in scene.OBJECTS}
         self._grasp_site = self.model.site("grasp").id
         lo = [self.model.joint(n).range[0] for n in self.joint_names]
         hi = [self.model.joint(n).range[1] for n in self.joint_names]
         self.position_limits = np.stack([lo, hi], axis=1)  # (8, 2), rad / m
-        self.velocity_limits = scene.VELOCITY_LIMITS.copy()
-        self.acceleration_limits = scene.ACCELERATION_LIMITS.copy()
+        # The Panda datasheet's rate limits, fingers last.
+        self.velocity_limits = np.append(embodiment.PANDA_LIMITS.max_velocity, embodiment.FINGER_MAX_VELOCITY)
+        self.acceleration_limits = np.append(embodiment.PANDA_LIMITS.max_acceleration,
+                                             embodiment.FINGER_MAX_ACCELERATION)
         self._geom_class = self._segmentation_lookup()
         self._obj_dof = {n: self.model.joint(f"{n}_joint").dofadr[0] for n in scene.OBJECTS}
         self._contact_part = self._contact_parts()
@@ -115,12 +118,12 @@ class PandaTabletopEnv:
         layout = self.task.sample_layout(rng)
         mujoco.mj_resetData(self.model, self.data)
         self.data.qpos[self._arm_qpos] = scene.ARM_HOME
-        self.data.qpos[self._finger_qpos] = scene.FINGER_MAX
+        self.data.qpos[self._finger_qpos] = embodiment.FINGER_MAX_M
         for name, (x, y, yaw) in layout.items():
             adr = self._obj_qpos[name]
             z = 0.0 if name == "bowl" else scene.BLOCK_HALF + 1e-4
             self.data.qpos[adr:adr + 7] = [x, y, z, np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
-        self._target = np.concatenate([scene.ARM_HOME, [scene.FINGER_MAX]])
+        self._target = np.concatenate([scene.ARM_HOME, [embodiment.FINGER_MAX_M]])
         self._apply_ctrl(self._target)
         mujoco.mj_forward(self.model, self.data)
         for _ in range(int(round(self.config.settle_time / self.physics_dt))):
@@ -173,7 +176,7 @@ class PandaTabletopEnv:
         return np.concatenate([self.data.qpos[self._arm_qpos], self.data.qpos[self._finger_qpos[:1]]]).copy()
 
     def joint_velocities(self) -> np.ndarray:
-        finger_dof = self.model.joint(scene.FINGER_JOINTS[0]).dofadr[0]
+        finger_dof = self.model.joint(embodiment.GRIPPER_JOINT).dofadr[0]
         return np.concatenate([self.data.qvel[self._arm_dof], [self.data.qvel[finger_dof]]]).copy()
 
     def object_poses(self) -> dict[str, np.ndarray]:

@@ -16,14 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
-FINGER_JOINTS = ("panda_finger_joint1", "panda_finger_joint2")
-# Published joint names: 7 arm joints + the first finger (the second mirrors it, like the real hand).
-ROS_JOINT_NAMES = ARM_JOINTS + (FINGER_JOINTS[0],)
-FINGER_MAX = 0.04  # metres of travel per finger (fully open)
-# Franka Panda datasheet limits (frankaemika.github.io/docs/control_parameters.html), fingers last.
-VELOCITY_LIMITS = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61, 0.2])
-ACCELERATION_LIMITS = np.array([15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0, 1.0])
+# The joints and their limits are the embodiment's. ROS_JOINT_NAMES (published: the 7 arm joints +
+# the first finger, the second mirrors it like the real hand) is its JOINT_NAMES, kept under the
+# sim's name for the sim's nodes and tests.
+from fedvla_core.embodiment import ARM_JOINTS
+from fedvla_core.embodiment import JOINT_NAMES as ROS_JOINT_NAMES  # noqa: F401
+
 # A comfortable home pose, gripper pointing down; also the IK seed (a bad seed sticks at joint 5's limit).
 ARM_HOME = np.array([0.0, -0.2656, 0.0, -2.4239, 0.0, 0.5883, 0.0])
 OBJECTS = ("red_block", "green_block", "blue_block", "bowl")

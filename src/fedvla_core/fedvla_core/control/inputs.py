@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from fedvla_core.control.motion import PANDA_ARM_JOINTS, PANDA_FINGER_MAX_M, PANDA_GRIPPER_JOINT, PANDA_LIMITS
+from fedvla_core.embodiment import ARM_JOINTS, FINGER_MAX_M, GRIPPER_JOINT, PANDA_LIMITS
 from fedvla_core.control.goal_refusal import BUSY, INVALID_GOAL, NOT_READY, UNGROUNDED, refusal_reason
 from fedvla_core.control.input_checks import goal_limits_problem
 from fedvla_core.control.input_sync import StampedHistory
@@ -50,16 +50,16 @@ class ServerConfig:
     load_checkpoint_service: str = field(default="load_checkpoint", metadata={
         "help": "fedvla_msgs/LoadCheckpoint service that swaps the model between goals."})
     expert_usage_topic: str = field(default="expert_usage", metadata={"help": "fedvla_msgs/ExpertUsage output."})
-    arm_joint_names: list[str] = field(default_factory=lambda: list(PANDA_ARM_JOINTS), metadata={
+    arm_joint_names: list[str] = field(default_factory=lambda: list(ARM_JOINTS), metadata={
         "help": "Arm joints, in the order of the policy's action vector."})
     joint_lower_limits: list[float] = field(default_factory=lambda: PANDA_LIMITS.lower.tolist(), metadata={
         "help": "Lowest position (rad) of each arm joint, in arm_joint_names order: the robot's own range (default: "
                 "the Panda datasheet; the sim's MJCF differs, and its controller rejects points outside it)."})
     joint_upper_limits: list[float] = field(default_factory=lambda: PANDA_LIMITS.upper.tolist(), metadata={
         "help": "Highest position (rad) of each arm joint, in arm_joint_names order."})
-    gripper_joint: str = field(default=PANDA_GRIPPER_JOINT, metadata={
+    gripper_joint: str = field(default=GRIPPER_JOINT, metadata={
         "help": "Gripper joint commanded by the last action entry ('' = no gripper)."})
-    gripper_max: float = field(default=PANDA_FINGER_MAX_M, metadata={
+    gripper_max: float = field(default=FINGER_MAX_M, metadata={
         "help": "Joint position of the open gripper; action 1.0 maps to it, 0.0 to closed."})
     joint_state_tolerance: float = field(default=0.2, metadata={
         "help": "A joint_states message with an arm joint further than this (rad) outside joint_lower/upper_limits "

@@ -15,17 +15,22 @@ from pathlib import Path
 
 import numpy as np
 
+from fedvla_core.embodiment import ARM_JOINTS, FINGER_MAX_M, GRIPPER_JOINT, finger_to_gripper
 from fedvla_core.episodes import EpisodeWriter, apply_retention
 from fedvla_core.episodes.input_checks import check_episode_id, check_trajectory
 
 
 @dataclass
 class ActionLayout:
-    """How joint targets become the policy's action vector: arm joint targets + gripper in [0, 1]."""
+    """How joint targets become the policy's action vector: arm joint targets + gripper in [0, 1].
 
-    arm_joints: list[str] = field(default_factory=lambda: [f"panda_joint{i}" for i in range(1, 8)])
-    gripper_joint: str = "panda_finger_joint1"
-    gripper_open_position: float = 0.04  # finger position (m) that maps to gripper action 1.0
+    The embodiment's joints and gripper mapping by default. The gripper is not clipped: the action
+    logged is what the trajectory commanded.
+    """
+
+    arm_joints: list[str] = field(default_factory=lambda: list(ARM_JOINTS))
+    gripper_joint: str = GRIPPER_JOINT
+    gripper_open_position: float = FINGER_MAX_M  # finger position (m) that maps to gripper action 1.0
 
     @property
     def joint_names(self) -> list[str]:
@@ -37,7 +42,8 @@ class ActionLayout:
 
     def to_action(self, positions: dict[str, float]) -> np.ndarray:
         arm = [positions[j] for j in self.arm_joints]
-        return np.asarray([*arm, positions[self.gripper_joint] / self.gripper_open_position], dtype=np.float32)
+        gripper = finger_to_gripper(positions[self.gripper_joint], self.gripper_open_position, clip=False)
+        return np.asarray([*arm, gripper], dtype=np.float32)
 
 
 class TrajectoryTracker:

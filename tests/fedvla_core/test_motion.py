@@ -4,9 +4,10 @@ import logging
 import numpy as np
 import pytest
 
-from fedvla_core.control.motion import (PANDA_LIMITS, EndEffectorBackend, JointLimits, JointSpaceBackend, MotionConfig,
-                                  MotionRejected, PlannedTrajectory, _fallback_parameterize, enforce_limits,
-                                  hold_trajectory, make_backend)
+from fedvla_core.control.motion import (EndEffectorBackend, JointSpaceBackend, MotionConfig, MotionRejected,
+                                        PlannedTrajectory, enforce_limits, fallback_parameterize, hold_trajectory,
+                                        make_backend)
+from fedvla_core.embodiment import PANDA_LIMITS, JointLimits
 
 HOME = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785])
 CFG = MotionConfig(velocity_scale=0.5, acceleration_scale=0.5, nominal_step_s=0.0, timing="time_optimal")
@@ -144,7 +145,7 @@ def test_enforce_limits_slows_down_a_too_fast_trajectory():
 
 def test_fallback_segments_respect_limits():
     waypoints = np.vstack([HOME, HOME + 0.5, HOME - 0.3])
-    t, q, qd, qdd, frac = _fallback_parameterize(waypoints, PANDA_LIMITS, CFG, 0.0)
+    t, q, qd, qdd, frac = fallback_parameterize(waypoints, PANDA_LIMITS, CFG, 0.0)
     traj = PlannedTrajectory(list(PANDA_LIMITS.names), t, q, qd, qdd)
     assert_within_limits(traj, PANDA_LIMITS, CFG, slack=1.001)
     np.testing.assert_allclose(q[-1], waypoints[-1], atol=1e-9)
