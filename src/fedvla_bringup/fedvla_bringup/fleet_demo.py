@@ -24,6 +24,7 @@ from fedvla_bringup.fleet_config import load_fleet_config
 from fedvla_bringup.graph import NodeSpec, robot_graph
 from fedvla_bringup.processes import NodeProcesses
 from fedvla_bringup.robot_handle import RobotHandle
+from fedvla_msgs.msg import RoundStatus
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "panda_base"
@@ -96,12 +97,12 @@ def run_rounds(handles: list[RobotHandle], server: subprocess.Popen, rounds: int
             if last.get(h.namespace) != line:
                 _log(f"{h.namespace} {line}")
                 last[h.namespace] = line
-            if s is not None and s.round < rounds and s.state != "ready":
+            if s is not None and s.round < rounds and s.state != RoundStatus.STATE_READY:
                 try:
                     h.trigger_round()
                 except TimeoutError:
                     pass
-        if all(s is not None and s.round >= rounds and s.state == "done" for s in states.values()):
+        if all(s is not None and s.round >= rounds and s.state == RoundStatus.STATE_DONE for s in states.values()):
             return
         if server.poll() is not None and server.returncode != 0:
             raise RuntimeError(f"the federation server exited with {server.returncode}")

@@ -16,7 +16,8 @@ input is kept, and the node keeps running; an unexpected error in a callback is 
 way instead of ending the executor (and with `fedvla up robot`, the robot).
 With federation_enabled:=false (or no SuperNode credentials) rounds are off: the node only logs
 episodes, says so at start and in RoundStatus (state "off"), and never starts a SuperNode.
-Parameters: fedvla_fed_client.node_config.FedClientConfig (mirrored in config/fed_client.yaml).
+Parameters: fedvla_fed_client.node_config.FedClientConfig (mirrored in config/fed_client.yaml), declared
+by fedvla_ros.params.declare_config. RoundStatus.state is always one of RoundStatus.STATE_*.
 """
 from __future__ import annotations
 
@@ -26,14 +27,11 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import fields
 from pathlib import Path
 
 from action_msgs.msg import GoalStatus, GoalStatusArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
-from rclpy.parameter import Parameter
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_action_status_default, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
@@ -54,14 +52,18 @@ from fedvla_ros.gil import use_short_gil_switch_interval
 from fedvla_ros.image_conversion import image_to_numpy, to_rgb
 from fedvla_core.control.input_sync import StampedHistory, stamp_seconds
 from fedvla_ros.node_main import run_node
+from fedvla_ros import params
 
 TERMINAL = {GoalStatus.STATUS_SUCCEEDED: "succeeded", GoalStatus.STATUS_CANCELED: "canceled",
             GoalStatus.STATUS_ABORTED: "aborted"}
 
 _LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
-#: RoundStatus.state while this robot takes part in no round (federation_enabled:=false, or no credentials).
-ROUNDS_OFF_STATE = "off"
+#: RoundStatus.state of a closed gate: the code that starts the scheduler's reason ("<code>: <detail>").
+SCHEDULE_STATES = frozenset({RoundStatus.STATE_WAITING_FOR_IDLE_ROBOT, RoundStatus.STATE_WAITING_FOR_INTERVAL,
+                             RoundStatus.STATE_WAITING_FOR_EPISODES})
+#: RoundStatus.state of a round's outcome, by the round report's state (round_gate.RoundReport).
+REPORT_STATES = {"done": RoundStatus.STATE_DONE, "failed": RoundStatus.STATE_FAILED}
 #: A refused input of one callback is logged at most this often (the count of the others is reported).
 REFUSAL_LOG_PERIOD_S = 5.0
 #: How long ~/record_demonstration waits for the sim's expert before giving up.
@@ -73,19 +75,19 @@ TASK_INFO_KEYS = ("task", "seed", "suite")
 
 
 def declare_config(node: Node) -> FedClientConfig:
-    """Declare every FedClientConfig field as a typed ROS parameter with its help text; build the config."""
-    defaults = FedClientConfig()
-    values = {}
-    for f in fields(FedClientConfig):
-        default = getattr(defaults, f.name)
-        descriptor = ParameterDescriptor(description=f.metadata.get("help", ""))
-        if isinstance(default, list):
-            value = node.declare_parameter(f.name, Parameter.Type.STRING_ARRAY, descriptor).value
-            value = list(default) if value is None else [str(v) for v in value]
-        else:
-            value = node.declare_parameter(f.name, default, descriptor).value
-        values[f.name] = value
-    return FedClientConfig(**values)
+    """Declare every FedClientConfig field as a typed, described ROS parameter; the validated config.
+
+    Raises fedvla_ros.params.ParameterError (naming the parameter) for a bad value.
+    """
+    return params.declare_config(node, FedClientConfig)
+
+
+def gate_state(reason: str) -> str:
+    """RoundStatus.state of a closed round gate, from the scheduler's reason."""
+    code = reason.split(":")[0]
+    if code not in SCHEDULE_STATES:  # tests/fedvla_msgs holds the scheduler to these codes
+        raise ValueError(f"the round scheduler's reason {reason!r} starts with no RoundStatus state")
+    return code
 
 
 def guarded(name: str, service: bool = False):
@@ -116,19 +118,17 @@ class FedClientNode(Node):
         super().__init__("fed_client")
         self._refusal_log: dict[str, tuple[float, int]] = {}  # callback -> (last logged, suppressed since)
         self._last_refusal: dict[str, str] = {}
-        self.config = declare_config(self)
-        p = {f.name: getattr(self.config, f.name) for f in fields(FedClientConfig)}
-        self.p = p
+        self.config = p = declare_config(self)
         self.rounds_off = self.config.rounds_off_reason()
-        self.robot_id = p["robot_id"]
-        self.episode_dir = Path(p["episode_dir"] or f"runs/episodes/{self.robot_id}").expanduser().resolve()
+        self.robot_id = p.robot_id
+        self.episode_dir = Path(p.episode_dir or f"runs/episodes/{self.robot_id}").expanduser().resolve()
         self.episode_dir.mkdir(parents=True, exist_ok=True)
-        self.cameras = list(p["camera_names"])
+        self.cameras = list(p.camera_names)
         self.recorder = GoalEpisodeRecorder(self.episode_dir, self.cameras, self.robot_id,
-                                            max_bytes=int(p["retention_max_bytes"]),
-                                            max_episodes=int(p["retention_max_episodes"]))
-        self.scheduler = RoundScheduler(ScheduleConfig(float(p["round_interval_s"]), int(p["min_new_episodes"]),
-                                                       bool(p["only_while_idle"])), now=time.time())
+                                            max_bytes=int(p.retention_max_bytes),
+                                            max_episodes=int(p.retention_max_episodes))
+        self.scheduler = RoundScheduler(ScheduleConfig(float(p.round_interval_s), int(p.min_new_episodes),
+                                                       bool(p.only_while_idle)), now=time.time())
         self.tracker = TrajectoryTracker()
         self._lock = threading.Lock()
         self._images: dict[str, object] = {}
@@ -139,7 +139,7 @@ class FedClientNode(Node):
         self._round_mark = time.time()  # episodes finished after this count as new
         self._last_report_time = 0.0
         self._round = 0
-        self._state, self._message = "idle", ""
+        self._state, self._message = "", ""  # set by the first schedule tick, before the first RoundStatus
         self._last_report = None
         self._sim_instruction = ""
         self._task_info: dict = {}  # the sim's current task/seed/suite (task_info topic), stored in episode metadata
@@ -149,41 +149,41 @@ class FedClientNode(Node):
 
         sensors = MutuallyExclusiveCallbackGroup()
         for cam in self.cameras:
-            self.create_subscription(Image, p["camera_topic_format"].format(name=cam),
+            self.create_subscription(Image, p.camera_topic_format.format(name=cam),
                                      lambda msg, cam=cam: self._on_image(cam, msg), qos_profile_sensor_data,
                                      callback_group=sensors)
-        self.create_subscription(JointState, p["joint_states_topic"], self._on_joints, 10, callback_group=sensors)
-        self.create_subscription(JointTrajectory, p["controller_topic"], self._on_trajectory, 10, callback_group=sensors)
-        action = p["action_name"]
+        self.create_subscription(JointState, p.joint_states_topic, self._on_joints, 10, callback_group=sensors)
+        self.create_subscription(JointTrajectory, p.controller_topic, self._on_trajectory, 10, callback_group=sensors)
+        action = p.action_name
         self.create_subscription(ExecuteInstruction.Impl.FeedbackMessage, f"{action}/_action/feedback",
                                  self._on_feedback, 10)
         self.create_subscription(GoalStatusArray, f"{action}/_action/status", self._on_status,
                                  qos_profile_action_status_default)
         self._get_result = self.create_client(ExecuteInstruction.Impl.GetResultService, f"{action}/_action/get_result")
-        self.create_subscription(String, p["task_instruction_topic"], self._on_task_instruction, _LATCHED)
-        if p["task_info_topic"]:
-            self.create_subscription(String, p["task_info_topic"], self._on_task_info, _LATCHED)
+        self.create_subscription(String, p.task_instruction_topic, self._on_task_instruction, _LATCHED)
+        if p.task_info_topic:
+            self.create_subscription(String, p.task_info_topic, self._on_task_info, _LATCHED)
         self.create_subscription(String, "~/demonstration/start", self._on_teleop_start, 10)
         self.create_subscription(Bool, "~/demonstration/stop", self._on_teleop_stop, 10)
 
         services = ReentrantCallbackGroup()
-        self._run_expert = self.create_client(RunExpert, p["sim_run_expert_service"], callback_group=services)
-        self._load_checkpoint = self.create_client(LoadCheckpoint, p["load_checkpoint_service"], callback_group=services)
+        self._run_expert = self.create_client(RunExpert, p.sim_run_expert_service, callback_group=services)
+        self._load_checkpoint = self.create_client(LoadCheckpoint, p.load_checkpoint_service, callback_group=services)
         self.create_service(RunExpert, "~/record_demonstration", self._record_demonstration, callback_group=services)
         self.create_service(TriggerRound, "~/trigger_round", self._trigger_round, callback_group=services)
         self.status_pub = self.create_publisher(RoundStatus, "round_status", 10)
 
-        self.create_timer(1.0 / float(p["record_rate_hz"]), self._record_tick,
+        self.create_timer(1.0 / float(p.record_rate_hz), self._record_tick,
                           callback_group=MutuallyExclusiveCallbackGroup())
         # Own group: the schedule (gate, status, supervision) never waits behind goal or sensor callbacks.
-        self.create_timer(1.0 / float(p["status_rate_hz"]), self._schedule_tick,
+        self.create_timer(1.0 / float(p.status_rate_hz), self._schedule_tick,
                           callback_group=MutuallyExclusiveCallbackGroup())
         typestore()  # build the episode format's message types now, not when the first goal starts
         if self.rounds_off:
-            self._state, self._message = ROUNDS_OFF_STATE, self.rounds_off
+            self._state, self._message = RoundStatus.STATE_OFF, self.rounds_off
             write_gate(self.episode_dir, False, self.rounds_off)  # an external SuperNode's ClientApp waits, then skips
             self.get_logger().warning(self.rounds_off)
-        self.supervisor = self._start_supernode() if p["supernode_enabled"] and not self.rounds_off else None
+        self.supervisor = self._start_supernode() if p.supernode_enabled and not self.rounds_off else None
         self.get_logger().info(f"logging episodes of {self.robot_id} to {self.episode_dir}; "
                                f"{'rounds are off' if self.rounds_off else 'rounds are on'}")
 
@@ -245,7 +245,7 @@ class FedClientNode(Node):
             at_frames = self._joint_history.nearest(frame_stamp, 0.1)
             joints = dict(at_frames if at_frames is not None else self._joints)
             age = min(max(0.0, time.time() - frame_stamp), 0.1) if at_frames is not None else 0.0
-            commanded = self.tracker.target(time.monotonic() - age + 1.0 / float(self.p["record_rate_hz"]), joints)
+            commanded = self.tracker.target(time.monotonic() - age + 1.0 / float(self.config.record_rate_hz), joints)
             trajectory = self.tracker.last_trajectory if self._new_trajectory else None
             self._new_trajectory = False
             try:
@@ -309,9 +309,9 @@ class FedClientNode(Node):
             response.success, response.message = False, "busy: an episode is being recorded"
             return response
         if not self._run_expert.wait_for_service(timeout_sec=5.0):
-            response.success, response.message = False, f"no {self.p['sim_run_expert_service']} service"
+            response.success, response.message = False, f"no {self.config.sim_run_expert_service} service"
             return response
-        if self.p["task_info_topic"]:
+        if self.config.task_info_topic:
             # The sim's expert service and its latched task_info are discovered separately: a demonstration
             # asked for right after start-up would otherwise be recorded without its task and seed.
             self._task_info_seen.wait(TASK_INFO_WAIT_S)
@@ -337,7 +337,7 @@ class FedClientNode(Node):
                 self.recorder.abort()
             response.success, response.message = False, bounded(f"not recorded: {failure}")
             return response
-        time.sleep(2.0 / float(self.p["record_rate_hz"]))  # let the last commanded positions be recorded
+        time.sleep(2.0 / float(self.config.record_rate_hz))  # let the last commanded positions be recorded
         with self._lock:
             path = self.recorder.finish(expert.success, bounded(expert.message or "demonstration"))
         response.success, response.steps = expert.success, expert.steps
@@ -420,14 +420,15 @@ class FedClientNode(Node):
         new = self._new_episodes()
         open_, reason = self.scheduler.decide(now, new, robot_busy=self.recorder.active)
         write_gate(self.episode_dir, open_, reason)
-        if self._state not in ("done", "failed") or open_:
-            self._state = "ready" if open_ else reason.split(":")[0]
+        if self._state not in (RoundStatus.STATE_DONE, RoundStatus.STATE_FAILED) or open_:
+            self._state = RoundStatus.STATE_READY if open_ else gate_state(reason)
         self._message = reason
         self._publish_status(new)
 
     def _on_round_report(self, report) -> None:
         self._round = report.server_round
-        self._state, self._message = report.state, report.message
+        # A report other than done/failed ("skipped") has no state of its own: this tick sets the gate's.
+        self._state, self._message = REPORT_STATES.get(report.state, ""), report.message
         self._last_report = report
         self._round_mark = report.finished
         self.scheduler.round_finished(time.time())
@@ -463,17 +464,17 @@ class FedClientNode(Node):
     def _start_supernode(self):
         from fedvla_fed_client.supernode import SuperNodeSupervisor
 
-        p = self.p
-        if not p["insecure"] and not (p["root_certificates"] and p["auth_private_key"]):
+        p = self.config
+        if not p.insecure and not (p.root_certificates and p.auth_private_key):
             raise ValueError("supernode: set root_certificates and auth_private_key (TLS + node authentication), "
                              "or insecure:=true explicitly")
         supervisor = SuperNodeSupervisor(
-            superlink=p["superlink_address"], node_config={"robot-id": self.robot_id,
+            superlink=p.superlink_address, node_config={"robot-id": self.robot_id,
                                                            "episode-dir": str(self.episode_dir),
-                                                           "base-checkpoint": p["base_checkpoint"]},
-            root_certificates=p["root_certificates"] or None, auth_private_key=p["auth_private_key"] or None,
-            insecure=bool(p["insecure"]), port=int(p["supernode_port"]) or None,
-            log_path=self.episode_dir / "supernode.log", env=trainer_thread_env(int(p["trainer_threads"])))
+                                                           "base-checkpoint": p.base_checkpoint},
+            root_certificates=p.root_certificates or None, auth_private_key=p.auth_private_key or None,
+            insecure=bool(p.insecure), port=int(p.supernode_port) or None,
+            log_path=self.episode_dir / "supernode.log", env=trainer_thread_env(int(p.trainer_threads)))
         supervisor.start()
         return supervisor
 

@@ -1,11 +1,15 @@
 """Every ROS parameter of the fed client node: name, type, default and help, in one place (no rclpy).
 
-config/fed_client.yaml mirrors these defaults; the node declares each field as a typed ROS
-parameter with its help text as the descriptor, so `ros2 param describe` shows it.
+config/fed_client.yaml mirrors these defaults (tests/fedvla_ros/test_params.py checks it). The node
+declares each field with fedvla_ros.params.declare_config: a typed, read-only ROS parameter whose
+descriptor holds the help and range below (`ros2 param describe`); the field convention is
+fedvla_core.config_fields.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from fedvla_core.config_fields import check_ranges
 
 
 @dataclass
@@ -25,14 +29,17 @@ class FedClientConfig:
         "help": "The policy server's ExecuteInstruction action (its goals are logged as episodes)."})
     record_rate_hz: float = field(default=10.0, metadata={"help": "Steps per second written to an episode."})
     retention_max_bytes: int = field(default=2_000_000_000, metadata={
-        "help": "Delete the oldest episodes beyond this many bytes."})
-    retention_max_episodes: int = field(default=1000, metadata={"help": "... or beyond this many episodes."})
+        "help": "Delete the oldest episodes beyond this many bytes.", "range": (0, None)})
+    retention_max_episodes: int = field(default=1000, metadata={
+        "help": "... or beyond this many episodes.", "range": (0, None)})
     federation_enabled: bool = field(default=True, metadata={
         "help": "Take part in federated rounds (round gate, trigger_round, SuperNode). false: only log episodes; "
                 "the node says at start and in RoundStatus (state 'off') that rounds are off. Rounds are also off, "
                 "with the reason, when supernode_enabled is set but neither TLS credentials nor insecure are given."})
-    round_interval_s: float = field(default=300.0, metadata={"help": "A round waits at least this long after the last."})
-    min_new_episodes: int = field(default=5, metadata={"help": "A round needs at least this many new finished episodes."})
+    round_interval_s: float = field(default=300.0, metadata={
+        "help": "A round waits at least this long after the last.", "range": (0.0, None)})
+    min_new_episodes: int = field(default=5, metadata={
+        "help": "A round needs at least this many new finished episodes.", "range": (0, None)})
     only_while_idle: bool = field(default=True, metadata={"help": "Never train while a goal or demonstration runs."})
     status_rate_hz: float = field(default=1.0, metadata={"help": "RoundStatus publishing / schedule check rate."})
     sim_run_expert_service: str = field(default="run_expert", metadata={
@@ -47,7 +54,8 @@ class FedClientConfig:
     supernode_enabled: bool = field(default=True, metadata={
         "help": "Start and supervise this robot's Flower SuperNode (false: an external one serves the gate)."})
     superlink_address: str = field(default="127.0.0.1:9092", metadata={"help": "Federation server (SuperLink)."})
-    supernode_port: int = field(default=0, metadata={"help": "ClientAppIo port; 0 = pick a free one."})
+    supernode_port: int = field(default=0, metadata={"help": "ClientAppIo port; 0 = pick a free one.",
+                                                      "range": (0, 65535)})
     root_certificates: str = field(default="", metadata={
         "help": "CA certificate of the SuperLink (TLS); '' only with insecure."})
     auth_private_key: str = field(default="", metadata={"help": "This robot's SuperNode key (registered with the SuperLink)."})
@@ -55,7 +63,7 @@ class FedClientConfig:
     base_checkpoint: str = field(default="", metadata={
         "help": "Policy the robot starts from before its first round (stem/head/trunk)."})
     trainer_threads: int = field(default=0, metadata={
-        "help": "OpenMP/MKL threads of the local trainer; 0 = library default (all cores)."})
+        "help": "OpenMP/MKL threads of the local trainer; 0 = library default (all cores).", "range": (0, None)})
 
     def __post_init__(self):
         self.camera_names = [c for c in self.camera_names if c]
@@ -64,8 +72,7 @@ class FedClientConfig:
         for name in ("record_rate_hz", "status_rate_hz"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"FedClientConfig.{name}: must be > 0 (got {getattr(self, name)})")
-        if self.trainer_threads < 0:
-            raise ValueError(f"trainer_threads must be >= 0, got {self.trainer_threads}")
+        check_ranges(self)
 
     def rounds_off_reason(self) -> str:
         """Why this robot takes part in no round ('' when it does)."""

@@ -18,11 +18,11 @@ relative, so the node's namespace applies (`/robot1/joint_states`, ...):
 Threads: the physics and the camera rendering each run in their own plain thread (the camera
 thread owns the GL context); ROS callbacks run in a MultiThreadedExecutor, the services in a
 reentrant group, so a running expert never blocks trajectories, timers or the physics.
-Parameters: config/sim_robot.yaml (same names and defaults as `SimRobotConfig`).
+Parameters: config/sim_robot.yaml (same names and defaults as `SimRobotConfig`), declared with their
+help and ranges by fedvla_ros.params.declare_config.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import threading
@@ -38,6 +38,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from fedvla_core.episodes.input_checks import bounded
 from fedvla_msgs.srv import ResetTask, RunExpert
+from fedvla_ros import params
 from fedvla_ros.node_main import run_node
 from fedvla_sim.sim_robot import SimRobot, SimRobotConfig
 from fedvla_sim.tasks import TASKS
@@ -104,15 +105,11 @@ class SimRobotNode(Node):
 
     # --- parameters ---------------------------------------------------------------------------------
     def _read_parameters(self) -> SimRobotConfig:
-        """Declare one ROS parameter per SimRobotConfig field (same defaults) and build the config."""
-        defaults = SimRobotConfig()
-        values = {}
-        for f in dataclasses.fields(SimRobotConfig):
-            default = getattr(defaults, f.name)
-            self.declare_parameter(f.name, list(default) if isinstance(default, list) else default)
-            values[f.name] = self.get_parameter(f.name).value
-        values["camera_names"] = list(values["camera_names"])
-        return SimRobotConfig(**values)
+        """Declare one typed, described ROS parameter per SimRobotConfig field; the validated config.
+
+        Raises fedvla_ros.params.ParameterError (naming the parameter) for a bad value.
+        """
+        return params.declare_config(self, SimRobotConfig)
 
     # --- commands -------------------------------------------------------------------------------------
     def _on_trajectory(self, msg: JointTrajectory) -> None:

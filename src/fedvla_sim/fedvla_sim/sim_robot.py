@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from fedvla_core.config_fields import check_ranges
 from fedvla_sim.env import PandaTabletopEnv, action_to_joint_targets
 from fedvla_sim.tasks import TASKS
 from fedvla_sim.trajectory import TrajectoryFollower
@@ -23,13 +24,14 @@ from fedvla_sim.trajectory import TrajectoryFollower
 
 @dataclass
 class SimRobotConfig:
-    """Parameters of the simulated robot node (mirrored in config/sim_robot.yaml)."""
+    """Parameters of the simulated robot node (mirrored in config/sim_robot.yaml; the field convention is
+    fedvla_core.config_fields, declared as ROS parameters by fedvla_ros.params.declare_config)."""
 
     task: str = field(default="put_red_block_in_bowl", metadata={"help": "Task loaded at start-up."})
     seed: int = field(default=0, metadata={"help": "Seed of the initial layout at start-up."})
     camera_names: list[str] = field(default_factory=lambda: ["agentview", "wrist"],
                                     metadata={"help": "Cameras to publish (agentview, wrist)."})
-    camera_size: int = field(default=128, metadata={"help": "Image height and width, pixels."})
+    camera_size: int = field(default=128, metadata={"help": "Image height and width, pixels.", "range": (16, 1024)})
     camera_rate_hz: float = field(default=10.0, metadata={"help": "Image + camera_info publish rate."})
     joint_state_rate_hz: float = field(default=50.0, metadata={"help": "joint_states publish rate."})
     status_rate_hz: float = field(default=5.0, metadata={"help": "task_success publish rate."})
@@ -49,8 +51,7 @@ class SimRobotConfig:
         for cam in self.camera_names:
             if cam not in ("agentview", "wrist"):
                 raise ValueError(f"SimRobotConfig.camera_names: unknown camera {cam!r}")
-        if not 16 <= self.camera_size <= 1024:
-            raise ValueError(f"SimRobotConfig.camera_size must be in [16, 1024], got {self.camera_size}")
+        check_ranges(self)  # camera_size
         for name in ("camera_rate_hz", "joint_state_rate_hz", "status_rate_hz", "physics_chunk_s", "expert_control_dt",
                      "max_catch_up_s"):
             if getattr(self, name) <= 0:

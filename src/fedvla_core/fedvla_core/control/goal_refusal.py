@@ -7,7 +7,9 @@ episode id, no feedback, the arm untouched, a running goal not preempted) with t
 ``reason`` set to ``"<code>: <what is wrong>"``, e.g. ``"not_ready: no joint state received yet"``.
 This is the same "<kind>: <detail>" form the result already uses for ``"stale_input: ..."``.
 
-Clients decide on the code (``refusal_code``), never on the wording of the detail.
+Clients decide on the code (``refusal_code``), never on the wording of the detail. The codes are also
+the ``REFUSAL_*`` constants of fedvla_msgs' ExecuteInstruction result, for clients outside this stack;
+tests/fedvla_msgs/test_constants.py holds the two equal (the core cannot import fedvla_msgs).
 No rclpy import: the goal client, the CLI and the fleet demo read these without a ROS graph.
 """
 from __future__ import annotations
