@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from .model.processors import RelativeActions
+
 log = logging.getLogger(__name__)
 
 #: Sample keys stored as tensors (any other key, e.g. episode_id, is not needed for training).
@@ -151,9 +153,7 @@ class DeviceDataset:
         """Mean/std of the non-padded action targets and of proprio (as training.compute_normalization)."""
         actions = self.tensors["actions"].float()
         proprio = self.tensors["proprio"].float().reshape(len(self), -1)
-        n = int(relative_action_dims)
-        if n:
-            actions = torch.cat([actions[..., :n] - proprio[:, None, :n], actions[..., n:]], dim=-1)
+        actions = RelativeActions(int(relative_action_dims)).to_model(actions, proprio)
         keep = ~self.tensors["action_is_pad"].bool()
         a = actions[keep]
         return {"action_mean": a.mean(0).cpu(), "action_std": a.std(0, unbiased=False).cpu(),

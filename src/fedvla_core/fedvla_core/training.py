@@ -39,6 +39,8 @@ from transformers import get_cosine_schedule_with_warmup
 from .device_data import DeviceDataset, IndexStream
 from .model import FedVLAPolicy
 from .model.experts import DISPATCH_MODES, dispatch_mode
+from .model.processors import compute_normalization  # noqa: F401  (re-exported: training.compute_normalization)
+from .model.threads import cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -194,34 +196,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def compute_normalization(dataset: Dataset, relative_action_dims: int = 0) -> dict[str, torch.Tensor]:
-    """Mean/std of the model's action targets (non-padded steps) and of proprioception.
-
-    With ``relative_action_dims`` N > 0 the first N action dims are taken relative to the chunk's
-    starting proprio (what the policy learns, see FedVLAConfig.relative_action_dims).
-    Uses ``dataset.stats()`` when the dataset offers it (the episode dataset does, without decoding
-    images); otherwise iterates the samples once.
-    """
-    stats = getattr(dataset, "stats", None)
-    if callable(stats):
-        return {k: torch.as_tensor(v, dtype=torch.float32)
-                for k, v in stats(relative_action_dims=relative_action_dims).items()}
-    actions, proprio = [], []
-    for i in range(len(dataset)):
-        sample = dataset[i]
-        act = torch.as_tensor(sample["actions"], dtype=torch.float32)
-        if relative_action_dims:
-            base = torch.as_tensor(sample["proprio"], dtype=torch.float32).reshape(-1)[:relative_action_dims]
-            act = torch.cat([act[..., :relative_action_dims] - base, act[..., relative_action_dims:]], dim=-1)
-        if "action_is_pad" in sample:
-            act = act[~torch.as_tensor(sample["action_is_pad"]).bool()]
-        actions.append(act.reshape(-1, act.shape[-1]))
-        proprio.append(torch.as_tensor(sample["proprio"], dtype=torch.float32).reshape(1, -1))
-    a, p = torch.cat(actions), torch.cat(proprio)
-    return {"action_mean": a.mean(0), "action_std": a.std(0, unbiased=False),
-            "proprio_mean": p.mean(0), "proprio_std": p.std(0, unbiased=False)}
-
-
 def _trainable_names(policy: FedVLAPolicy, groups: Iterable[str | int] | None) -> set[str]:
     """Names of the parameters to train: "stem", "head", "trunk" (all layers) or trunk layer indices."""
     names = {n for n, p in policy.named_parameters()}
@@ -316,20 +290,16 @@ def train(policy: FedVLAPolicy, dataset: Dataset | DeviceDataset, cfg: TrainConf
         raise ValueError("train: TrainConfig.prox_mu > 0 needs reference_trunk (the global trunk)")
     seed_everything(cfg.seed)
     device = cfg.resolved_device()
-    threads_before = torch.get_num_threads()
-    if device.type == "cpu" and cfg.cpu_threads and cfg.cpu_threads != threads_before:
-        torch.set_num_threads(cfg.cpu_threads)
     cudnn_benchmark, matmul_precision = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # static shapes: let cuDNN pick its fastest convolutions once
         torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
     try:
-        return _train(policy, dataset, cfg, device, eval_hook, reference_trunk, trainable_groups)
+        with cpu_threads(cfg.cpu_threads, device):
+            return _train(policy, dataset, cfg, device, eval_hook, reference_trunk, trainable_groups)
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
         torch.set_float32_matmul_precision(matmul_precision)
-        if torch.get_num_threads() != threads_before:
-            torch.set_num_threads(threads_before)
 
 
 def _train(policy, dataset, cfg: TrainConfig, device: torch.device, eval_hook, reference_trunk, trainable_groups):

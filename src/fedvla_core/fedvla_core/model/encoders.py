@@ -21,16 +21,6 @@ from .configuration import default_language_model_path
 LANGUAGE_CACHE_ENV = "FEDVLA_LANGUAGE_CACHE"
 
 
-def images_to_float(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(..., 3, H, W) uint8 in [0, 255] or float in [0, 1] -> float in [-1, 1] at size x size."""
-    lead = images.shape[:-3]
-    x = images.reshape(-1, *images.shape[-3:])
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return (x * 2.0 - 1.0).reshape(*lead, 3, size, size)
-
-
 def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
     """DrQ-style augmentation: replicate-pad each image by `pad` pixels and crop back at a random offset.
 

@@ -8,10 +8,17 @@ Normalization statistics are buffers under normalizer.* (saved, never aggregated
 MiniLM is not a submodule: it is reloaded from its pip package, so checkpoints stay small.
 
 The head is ACT-style: H learned query tokens join the sequence and are read out as the action chunk.
+
+This module is the architecture. What is not lives beside it, and the policy's methods of the same
+names delegate there (their callers stay as they were):
+  processors.py              normalization (the ``normalizer`` submodule), relative actions, image
+                             conversion, observation -> batch
+  fedvla_core.federated.split the stem/trunk/head groups, trunk layout, trunk export/load
+  expert_stats.py            routing counts: reset, record, per layer, mean active experts, FLOPs
+  threads.py                 act()'s CPU thread count
 """
 from __future__ import annotations
 
-import re
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -21,15 +28,16 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 
+from ..federated import split
+from ..federated.split import GROUP_NAMES  # noqa: F401  (re-exported: fedvla_core.model.GROUP_NAMES)
+from . import expert_stats
 from .configuration import FedVLAConfig
 from .encoders import (FrozenSentenceEncoder, InstructionProjector, ProprioEncoder, SpatialKeypoints,
-                       VisionPatchEncoder, images_to_float, random_shift)
+                       VisionPatchEncoder, random_shift)
 from .experts import AdaMoE, DGMoE, ExpertFFN, ExpertStat, FFNOutput, build_ffn
+from .processors import Normalizer, RelativeActions, images_to_float, observation_to_batch
 from .scene_parsing import GROUPS, InstructionSceneParser, patch_ids_from_masks
-
-GROUP_NAMES = ("stem", "trunk", "head")
-_LAYER = re.compile(r"^trunk\.layers\.(\d+)\.")
-_EXPERT = re.compile(r"\.ffn\.experts\.(\d+)\.")
+from .threads import cpu_threads as _cpu_threads
 
 
 def _ffn_for(config: FedVLAConfig, n_experts: int, expert_hidden: int, dense_hidden: int, shared_hidden: int
@@ -127,18 +135,6 @@ class ActionHead(nn.Module):
         return self.out(self.norm(query_states))
 
 
-class Normalizer(nn.Module):
-    """Mean/std of actions and proprioception as persistent buffers, so checkpoints carry them."""
-
-    def __init__(self, config: FedVLAConfig):
-        super().__init__()
-        self.register_buffer("action_mean", torch.zeros(config.action_dim))
-        self.register_buffer("action_std", torch.ones(config.action_dim))
-        self.register_buffer("proprio_mean", torch.zeros(config.proprio_dim))
-        self.register_buffer("proprio_std", torch.ones(config.proprio_dim))
-        self.register_buffer("is_set", torch.zeros((), dtype=torch.bool))
-
-
 class FedVLAPolicy(PreTrainedModel):
     """The FedVLA policy. ``forward(batch)`` -> losses; ``act(observation)`` -> one action chunk (H, action_dim)."""
 
@@ -151,7 +147,8 @@ class FedVLAPolicy(PreTrainedModel):
         self.stem = Stem(config)
         self.trunk = Trunk(config)
         self.head = ActionHead(config)
-        self.normalizer = Normalizer(config)
+        self.normalizer = Normalizer(config.action_dim, config.proprio_dim)
+        self.relative_actions = RelativeActions(config.relative_action_dims)
         self.post_init()
 
     # ------------------------------------------------------------------ init
@@ -193,35 +190,23 @@ class FedVLAPolicy(PreTrainedModel):
         """The frozen MiniLM (process-wide, shared by every policy with the same language_model_path)."""
         return FrozenSentenceEncoder.shared(self.config.language_model_path, self.config.max_instruction_tokens)
 
-    # -------------------------------------------------------- normalization
-    @torch.no_grad()
+    # -------------------------------------------------------- normalization (processors.Normalizer)
     def set_normalization(self, action_mean, action_std, proprio_mean, proprio_std) -> None:
-        """Store dataset statistics; a std below 1e-4 (a constant dimension) is replaced by 1."""
-        norm = self.normalizer
-        for name, value in (("action_mean", action_mean), ("action_std", action_std),
-                            ("proprio_mean", proprio_mean), ("proprio_std", proprio_std)):
-            buf = getattr(norm, name)
-            value = value.detach().cpu() if isinstance(value, torch.Tensor) else np.asarray(value)
-            t = torch.as_tensor(value, dtype=buf.dtype).reshape(-1).to(buf.device)
-            if t.numel() != buf.numel():
-                raise ValueError(f"set_normalization: {name} has {t.numel()} values, expected {buf.numel()}")
-            if name.endswith("std"):
-                t = torch.where(t < 1e-4, torch.ones_like(t), t)
-            buf.copy_(t)
-        norm.is_set.fill_(True)
+        """Store dataset statistics; a std below processors.MIN_STD (a constant dimension) is replaced by 1."""
+        self.normalizer.set_stats(action_mean, action_std, proprio_mean, proprio_std)
 
     @property
     def has_normalization(self) -> bool:
-        return bool(self.normalizer.is_set)
+        return self.normalizer.has_stats
 
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        return (actions - self.normalizer.action_mean) / self.normalizer.action_std
+        return self.normalizer.normalize_actions(actions)
 
     def unnormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        return actions * self.normalizer.action_std + self.normalizer.action_mean
+        return self.normalizer.unnormalize_actions(actions)
 
     def normalize_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
-        return (proprio - self.normalizer.proprio_mean) / self.normalizer.proprio_std
+        return self.normalizer.normalize_proprio(proprio)
 
     # -------------------------------------------------------------- forward
     def encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,28 +272,20 @@ class FedVLAPolicy(PreTrainedModel):
         stats.update({f"trunk.layers.{l}.ffn": st for l, st in enumerate(trunk.stats)})
         return pred, aux, stats
 
-    def _relative_base(self, batch: dict[str, Any]) -> torch.Tensor | None:
-        """(B, 1, N) raw proprio the first N actions are offsets from (None for absolute actions)."""
-        n = self.config.relative_action_dims
-        if not n:
-            return None
-        return batch["proprio"].to(self.head.queries.device, dtype=torch.float32)[:, None, :n]
+    def _raw_proprio(self, batch: dict[str, Any]) -> torch.Tensor:
+        return batch["proprio"].to(self.head.queries.device, dtype=torch.float32)
 
     def to_model_actions(self, actions: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """Absolute actions (B, H, A) -> what the model predicts (offsets in the first relative_action_dims)."""
-        base = self._relative_base(batch)
-        if base is None:
+        if not self.relative_actions:
             return actions
-        n = base.shape[-1]
-        return torch.cat([actions[..., :n] - base, actions[..., n:]], dim=-1)
+        return self.relative_actions.to_model(actions, self._raw_proprio(batch))
 
     def from_model_actions(self, actions: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """Inverse of :meth:`to_model_actions`."""
-        base = self._relative_base(batch)
-        if base is None:
+        if not self.relative_actions:
             return actions
-        n = base.shape[-1]
-        return torch.cat([actions[..., :n] + base, actions[..., n:]], dim=-1)
+        return self.relative_actions.from_model(actions, self._raw_proprio(batch))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Training loss: Huber on normalized actions (padded steps masked out) + aux_loss_coef * load balance.
@@ -333,8 +310,7 @@ class FedVLAPolicy(PreTrainedModel):
 
     def record_expert_stats(self, stats: dict[str, ExpertStat]) -> None:
         """Add one step's routing counts (forward()'s expert_stats) to the FFNs' activation counts."""
-        for name, stat in stats.items():
-            self.get_submodule(name).record(stat.counts, stat.tokens)
+        expert_stats.record(self, stats)
 
     def use_channels_last(self, enabled: bool = True) -> None:
         """Convolution weights (and the vision encoder's inputs) in channels_last memory format, or back.
@@ -355,121 +331,70 @@ class FedVLAPolicy(PreTrainedModel):
     def observation_to_batch(self, observation: dict[str, Any]) -> dict[str, Any]:
         """One robot observation (HxWx3 uint8 per camera, instruction, proprio) -> a batch of one."""
         cfg = self.config
-        size = cfg.image_size
-        frames = []
-        for cam in cfg.camera_names:
-            if cam not in observation["images"]:
-                raise KeyError(f"observation: no image for camera {cam!r} (have {sorted(observation['images'])})")
-            img = torch.from_numpy(np.ascontiguousarray(observation["images"][cam])).permute(2, 0, 1)
-            if img.shape[-2:] != (size, size):
-                img = F.interpolate(img[None].float() / 255.0, size=(size, size), mode="bilinear",
-                                    align_corners=False, antialias=True)[0]
-            frames.append(img.float() / 255.0 if img.dtype == torch.uint8 else img)
-        batch = {
-            "images": torch.stack(frames)[None],
-            "instruction": [str(observation["instruction"])],
-            "proprio": torch.as_tensor(np.asarray(observation["proprio"], dtype=np.float32)).reshape(1, -1),
-        }
-        masks = observation.get("masks")
-        if masks is not None and cfg.use_iosp:
-            batch["masks"] = torch.stack([torch.as_tensor(np.asarray(masks[c])) for c in cfg.camera_names])[None]
-        return batch
+        return observation_to_batch(observation, cfg.camera_names, cfg.image_size, with_masks=cfg.use_iosp)
 
     def act(self, observation: dict[str, Any], cpu_threads: int | None = 1) -> np.ndarray:
         """One observation -> the unnormalized action chunk (H, action_dim) as float32 numpy.
 
         observation: {"images": {camera: HxWx3 uint8}, "instruction": str, "proprio": 1-D array,
         optional "masks": {camera: HxW int ids}}. Images of another size are resized.
-        On the CPU a single request is a chain of tiny ops, where intra-op threads only add
-        synchronization (measured on a busy 2-core box: 14 ms with 1 thread, 90-500 ms with 2), so
-        by default it runs with `cpu_threads`=1 and restores the previous setting; None keeps it.
+        On the CPU it runs with `cpu_threads` intra-op threads (default 1: why in threads.py) and
+        restores the previous setting; None keeps it.
         """
         was_training = self.training
-        threads = torch.get_num_threads()
-        use_threads = cpu_threads is not None and self.device.type == "cpu" and cpu_threads != threads
         self.eval()
         try:
-            if use_threads:
-                torch.set_num_threads(cpu_threads)
-            chunk = self.predict_action_chunk(self.observation_to_batch(observation))
+            with _cpu_threads(cpu_threads, self.device):
+                chunk = self.predict_action_chunk(self.observation_to_batch(observation))
         finally:
-            if use_threads:
-                torch.set_num_threads(threads)
             self.train(was_training)
         return chunk[0].cpu().numpy().astype(np.float32)
 
-    # ------------------------------------------------------ parameter groups
+    # ------------------------------------------------------ parameter groups (federated.split)
     def parameter_group(self, name: str) -> dict[str, nn.Parameter]:
         """Parameters of one federated group ("stem", "trunk" or "head") by full name."""
-        if name not in GROUP_NAMES:
-            raise ValueError(f"parameter_group: unknown group {name!r}; use one of {GROUP_NAMES}")
-        return {n: p for n, p in self.named_parameters() if n.startswith(name + ".")}
+        return split.parameter_group(self, name)
 
     def trunk_layout(self) -> dict[str, tuple[int, int | None]]:
         """Each trunk tensor name -> (layer index, expert index or None for attention, norms, gates)."""
-        layout = {}
-        for name in self.parameter_group("trunk"):
-            layer = int(_LAYER.match(name).group(1))
-            expert = _EXPERT.search(name)
-            layout[name] = (layer, int(expert.group(1)) if expert else None)
-        return layout
+        return split.trunk_layout(self)
 
     def export_trunk(self) -> dict[str, torch.Tensor]:
         """The shared trunk as detached CPU tensors (what a client uploads)."""
-        return {n: p.detach().to("cpu", copy=True) for n, p in self.parameter_group("trunk").items()}
+        return split.export_trunk(self)
 
     def export_experts(self, layer: int, expert_ids) -> dict[str, torch.Tensor]:
         """Only the given experts of one trunk layer, as detached CPU tensors."""
-        wanted = {int(e) for e in expert_ids}
-        if not 0 <= layer < self.config.n_layers:
-            raise IndexError(f"export_experts: layer {layer} not in [0, {self.config.n_layers})")
-        layout = self.trunk_layout()
-        return {n: p.detach().to("cpu", copy=True) for n, p in self.parameter_group("trunk").items()
-                if layout[n][0] == layer and layout[n][1] in wanted}
+        return split.export_experts(self, layer, expert_ids, self.config.n_layers)
 
-    @torch.no_grad()
     def load_trunk(self, state: dict[str, torch.Tensor]) -> list[str]:
         """Copy trunk tensors in place (all or a subset, e.g. some experts); returns the names loaded.
 
         Any name outside the trunk, or a shape mismatch, raises before anything is changed.
         """
-        params = self.parameter_group("trunk")
-        for name, value in state.items():
-            if name not in params:
-                raise KeyError(f"load_trunk: {name!r} is not a trunk parameter")
-            if tuple(value.shape) != tuple(params[name].shape):
-                raise ValueError(f"load_trunk: {name} has shape {tuple(value.shape)}, "
-                                 f"expected {tuple(params[name].shape)}")
-        for name, value in state.items():
-            params[name].copy_(torch.as_tensor(value).to(params[name].device, params[name].dtype))
-        return list(state)
+        return split.load_trunk(self, state)
 
-    # ------------------------------------------------------------ expert stats
+    # ------------------------------------------------------------ expert stats (expert_stats)
     def trunk_ffns(self) -> list[ExpertFFN]:
         return [layer.ffn for layer in self.trunk.layers]
 
     def expert_counts(self) -> list[list[int]]:
         """Per trunk layer, per expert: tokens routed since the last reset (the input of Expert-Driven Aggregation)."""
-        return [ffn.expert_counts() for ffn in self.trunk_ffns()]
+        return expert_stats.counts(self.trunk_ffns())
 
     def reset_expert_stats(self) -> None:
-        for module in self.modules():
-            if isinstance(module, ExpertFFN):
-                module.reset_stats()
+        expert_stats.reset(self)
 
     def mean_active_experts(self) -> float:
         """Routed experts per token in the trunk since the last reset, averaged over layers (0.0 if none seen)."""
-        tokens = sum(ffn.tokens_seen() for ffn in self.trunk_ffns())
-        routed = sum(sum(ffn.expert_counts()) for ffn in self.trunk_ffns())
-        return routed / tokens if tokens else 0.0
+        return expert_stats.mean_active(self.trunk_ffns())
 
     def iosp_mean_active_experts(self) -> dict[str, float]:
         """Per IOSP group (target, surrounding, background): routed experts per token since the last reset."""
         if self.stem.iosp is None:
             return {}
-        return {g: ffn.mean_active_experts() for g, ffn in zip(GROUPS, self.stem.iosp.refiners)}
+        return expert_stats.mean_active_by_name(dict(zip(GROUPS, self.stem.iosp.refiners)))
 
     def trunk_ffn_flops_per_token(self) -> float:
         """Trunk FFN FLOPs per token (mean over layers), using the measured mean active experts of DGMoE."""
-        flops = [ffn.flops_per_token() for ffn in self.trunk_ffns()]
-        return float(sum(flops) / len(flops))
+        return expert_stats.mean_flops_per_token(self.trunk_ffns())
