@@ -15,8 +15,8 @@ import pytest
 from fedvla_flower.client_app import _train
 from fedvla_core.episodes import EpisodeWriter
 from fedvla_core.federated.local_round import LocalRoundConfig, run_local_round
-from fedvla_flower.local_trainer import (DISCOVERY_FILE, LocalTrainerProcess, TrainerUnavailable, ping,
-                                             read_discovery, request_round)
+from fedvla_flower.local_trainer import LocalTrainerProcess
+from fedvla_flower.trainer_ipc import DISCOVERY_FILE, TrainerUnavailable, ping, read_discovery, request_round
 
 from test_local_round import TINY, global_trunk
 

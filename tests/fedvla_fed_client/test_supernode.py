@@ -40,7 +40,7 @@ def test_supervisor_restarts_a_killed_supernode_and_stops_it(tmp_path):
 
 
 def test_supervisor_runs_the_warm_trainer_and_restarts_it(tmp_path):
-    from fedvla_flower.local_trainer import ping, read_discovery
+    from fedvla_flower.trainer_ipc import ping, read_discovery
 
     sup = SuperNodeSupervisor(f"127.0.0.1:{free_port()}", {"robot-id": "r1", "episode-dir": str(tmp_path)},
                               insecure=True, log_path=tmp_path / "sn.log", restart_backoff_s=0.5)

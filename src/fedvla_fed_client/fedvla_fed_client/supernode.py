@@ -55,6 +55,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from fedvla_core.federated import keys
+
 #: Log lines after which a SuperNode no longer processes messages (restart it).
 WEDGE_PATTERNS = ("Cannot record end time",)
 
@@ -155,14 +157,14 @@ class SuperNodeSupervisor:
         self.extra_args = list(extra_args)
         self.env = {**SUPERNODE_ENV_DEFAULTS, **dict(env or {})}
         self.trainer = None
-        episode_dir = str(self.node_config.get("episode-dir", "") or "")
-        if local_trainer and episode_dir and str(self.node_config.get("local-trainer", "auto")) != "off":
+        episode_dir = str(self.node_config.get(keys.NODE_EPISODE_DIR, "") or "")
+        if local_trainer and episode_dir and str(self.node_config.get(keys.NODE_LOCAL_TRAINER, "auto")) != "off":
             from fedvla_flower.local_trainer import LocalTrainerProcess
 
             self.trainer = LocalTrainerProcess(
-                episode_dir, policy_dir=str(self.node_config.get("policy-dir", "") or ""),
-                base_checkpoint=str(self.node_config.get("base-checkpoint", "") or ""),
-                robot_id=str(self.node_config.get("robot-id", "") or ""),
+                episode_dir, policy_dir=str(self.node_config.get(keys.NODE_POLICY_DIR, "") or ""),
+                base_checkpoint=str(self.node_config.get(keys.NODE_BASE_CHECKPOINT, "") or ""),
+                robot_id=str(self.node_config.get(keys.NODE_ROBOT_ID, "") or ""),
                 log_path=trainer_log_path or Path(episode_dir) / "local_trainer.log", env=dict(env or {}))
         self._trainer_next_start = 0.0
         self._trainer_backoff = restart_backoff_s

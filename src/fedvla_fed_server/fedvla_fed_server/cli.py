@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from fedvla_core.federated.local_round import round_default
+
 from .certs import generate_certificates
 
 
@@ -156,9 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--round-interval", type=float, default=0.0, help="seconds between rounds (schedule)")
     s.add_argument("--fedpart-layers", type=int, default=0, help="FedPart: layers per round (0 = off)")
     s.add_argument("--proximal-mu", type=float, default=0.01, help="FedProx mu (strategy fedprox)")
-    s.add_argument("--local-steps", type=int, default=20, help="client optimizer steps per round")
-    s.add_argument("--batch-size", type=int, default=8, help="client batch size")
-    s.add_argument("--lr", type=float, default=3e-4, help="client learning rate")
+    s.add_argument("--local-steps", type=int, default=round_default("local_steps"),
+                   help="client optimizer steps per round")
+    s.add_argument("--batch-size", type=int, default=round_default("batch_size"), help="client batch size")
+    s.add_argument("--lr", type=float, default=round_default("learning_rate"), help="client learning rate")
     s.add_argument("--base-checkpoint", default="", help="initial policy (save_pretrained folder)")
     s.add_argument("--model-config", default="", help="JSON FedVLAConfig kwargs when no base checkpoint")
     s.add_argument("--run-config", action="append", default=[], help="extra 'key=value ...' run-config overrides")

@@ -2,7 +2,8 @@
 
 The SuperNode that runs it is started with ``--node-config 'robot-id=... episode-dir=...'``
 (optionally ``policy-dir``, ``base-checkpoint``); the server's ConfigRecord carries the round's
-settings (scope, proximal-mu, train-layers, local-steps, ...; see fedvla_flower.strategies).
+settings (scope, proximal-mu, train-layers, local-steps, ...; see fedvla_flower.strategies), turned
+into the core's LocalRoundConfig by :func:`fedvla_flower.task.local_round_config`.
 
 Before training the app waits for the robot's round gate (written by the fed client node: the
 robot is idle and has new episodes); after training it writes the round report that the node
@@ -13,7 +14,7 @@ because error replies have been seen to wedge SuperNodes (flower#4844).
 Training itself goes to the robot's warm local trainer when one runs
 (:mod:`fedvla_flower.local_trainer`, started next to the SuperNode by SuperNodeSupervisor):
 this process then imports only flwr + numpy, hands the global arrays over a local Unix socket
-and waits. Without a trainer (the simulation engine, tests, node-config ``local-trainer="off"``)
+(:mod:`fedvla_flower.trainer_ipc`) and waits. Without a trainer (the simulation engine, tests, node-config ``local-trainer="off"``)
 or when it dies mid-round, the round runs in this process as before. Arrays travel packed (one
 flat array per dtype, see fedvla_core.federated.wire): Flower moves each array as separate
 HTTP objects, and ~100 small ones per message cost far more than the bytes.
@@ -29,16 +30,18 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedvla_core.episodes.input_checks import bounded
+from fedvla_core.federated import keys
 from fedvla_core.federated.local_round import LocalRoundConfig, LocalRoundResult, run_local_round
-from fedvla_flower.local_trainer import TrainerError, TrainerUnavailable, request_round
-from fedvla_core.federated.round_gate import RoundReport, wait_and_take_gate, write_report
-from fedvla_core.federated.wire import pack_arrays, unpack_arrays
+from fedvla_core.federated.round_gate import DEFAULT_GATE_TIMEOUT_S, RoundReport, wait_and_take_gate, write_report
+from fedvla_core.federated.wire import pack_arrays
+from fedvla_flower.task import arrays_to_numpy, local_round_config, numpy_to_arrays
+from fedvla_flower.trainer_ipc import DEFAULT_REQUEST_TIMEOUT_S, TrainerError, TrainerUnavailable, request_round
 
 log = logging.getLogger("fedvla.client")
 
 #: Set by the ServerApp (fedvla_flower.server_app): when it pushed the round, and (ours) when we replied.
-ROUND_PUSH_TIME_KEY = "round-push-time"
-REPLY_TIME_KEY = "reply-time"
+ROUND_PUSH_TIME_KEY = keys.ROUND_PUSH_TIME
+REPLY_TIME_KEY = keys.REPLY_TIME
 
 
 def process_age_s() -> float | None:
@@ -65,26 +68,10 @@ app = ClientApp()
 
 def _round_config(msg: Message, context: Context) -> tuple[LocalRoundConfig, float, float]:
     """The local round's config, the gate timeout and how long to wait for the warm trainer."""
-    node = dict(context.node_config)
-    conf = dict(msg.content["config"]) if "config" in msg.content else {}
-    cfg = LocalRoundConfig(
-        episode_dir=str(node.get("episode-dir", "")),
-        policy_dir=str(node.get("policy-dir", "")),
-        robot_id=str(node.get("robot-id", "")),
-        base_checkpoint=str(node.get("base-checkpoint", "") or conf.get("base-checkpoint", "")),
-        model_config=str(conf.get("model-config", "")),
-        server_round=int(conf.get("server-round", 0)),
-        scope=str(conf.get("scope", "trunk")),
-        proximal_mu=float(conf.get("proximal-mu", 0.0)),
-        train_layers=list(conf.get("train-layers", []) or []),
-        local_steps=int(conf.get("local-steps", 20)),
-        batch_size=int(conf.get("batch-size", 8)),
-        learning_rate=float(conf.get("learning-rate", 3e-4)),
-        seed=int(conf.get("seed", 0)),
-        upload_dtype=str(conf.get("upload-dtype", "float32")),
-        fault_injection=str(node.get("fault-injection", "")),
-    )
-    return cfg, float(conf.get("gate-timeout", 120.0)), float(conf.get("round-timeout", 3600.0))
+    conf = dict(msg.content[keys.CONFIG]) if keys.CONFIG in msg.content else {}
+    cfg = local_round_config(context.node_config, conf)
+    return (cfg, float(conf.get(keys.GATE_TIMEOUT, DEFAULT_GATE_TIMEOUT_S)),
+            float(conf.get(keys.ROUND_TIMEOUT, DEFAULT_REQUEST_TIMEOUT_S)))
 
 
 def _train(cfg: LocalRoundConfig, global_arrays: dict, mode: str, timeout_s: float) -> tuple[LocalRoundResult, dict]:
@@ -109,9 +96,7 @@ def failure_reason(err: BaseException) -> str:
 
 
 def _record(arrays: dict) -> ArrayRecord:
-    from flwr.app import Array
-
-    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    return numpy_to_arrays(arrays)
 
 
 @app.train()
@@ -121,7 +106,7 @@ def train(msg: Message, context: Context) -> Message:
     logging.basicConfig(level=logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     cfg, gate_timeout, trainer_timeout = _round_config(msg, context)
-    bytes_down = msg.content["arrays"].count_bytes() if "arrays" in msg.content else 0
+    bytes_down = msg.content[keys.ARRAYS].count_bytes() if keys.ARRAYS in msg.content else 0
     t0 = time.monotonic()
     try:
         wait_and_take_gate(cfg.episode_dir, cfg.server_round, gate_timeout)
@@ -129,29 +114,29 @@ def train(msg: Message, context: Context) -> Message:
         log.warning("%s", err)
         write_report(cfg.episode_dir, RoundReport(server_round=cfg.server_round, state="skipped",
                                                   bytes_down=bytes_down, message=str(err)))
-        return Message(RecordDict({"arrays": ArrayRecord(), "metrics": MetricRecord(
-            {"num-examples": 0, "bytes-down": bytes_down})}), reply_to=msg)
+        return Message(RecordDict({keys.ARRAYS: ArrayRecord(), keys.METRICS: MetricRecord(
+            {keys.NUM_EXAMPLES: 0, keys.BYTES_DOWN: bytes_down})}), reply_to=msg)
     try:
-        global_arrays = unpack_arrays({k: v.numpy() for k, v in msg.content["arrays"].items()})
-        mode = str(dict(context.node_config).get("local-trainer", "auto"))
+        global_arrays = arrays_to_numpy(msg.content[keys.ARRAYS])
+        mode = str(dict(context.node_config).get(keys.NODE_LOCAL_TRAINER, "auto"))
         result, handoff = _train(cfg, global_arrays, mode, trainer_timeout)
     except Exception as err:  # noqa: BLE001 - report the failure to the robot, send an empty update
         log.error("local round failed: %s\n%s", err, traceback.format_exc())
         write_report(cfg.episode_dir, RoundReport(server_round=cfg.server_round, state="failed",
                                                   bytes_down=bytes_down, message=failure_reason(err)))
-        return Message(RecordDict({"arrays": ArrayRecord(), "metrics": MetricRecord(
-            {"num-examples": 0, "bytes-down": bytes_down, "failed": 1})}), reply_to=msg)
+        return Message(RecordDict({keys.ARRAYS: ArrayRecord(), keys.METRICS: MetricRecord(
+            {keys.NUM_EXAMPLES: 0, keys.BYTES_DOWN: bytes_down, keys.FAILED: 1})}), reply_to=msg)
     record = _record(pack_arrays(result.upload))  # one flat array per dtype: far fewer Flower objects
     bytes_up = record.count_bytes()
-    timing = _timing_metrics(dict(msg.content["config"]) if "config" in msg.content else {}, entered, age)
-    metrics = dict(result.metrics, **handoff, **timing, **{"bytes-up": bytes_up, "bytes-down": bytes_down,
+    timing = _timing_metrics(dict(msg.content[keys.CONFIG]) if keys.CONFIG in msg.content else {}, entered, age)
+    metrics = dict(result.metrics, **handoff, **timing, **{keys.BYTES_UP: bytes_up, keys.BYTES_DOWN: bytes_down,
                                                           "round-client-s": time.monotonic() - t0})
     scalar = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     write_report(cfg.episode_dir, RoundReport(
         server_round=cfg.server_round, state="done" if result.upload else "skipped", bytes_up=bytes_up,
-        bytes_down=bytes_down, num_examples=int(metrics.get("num-examples", 0)),
-        num_episodes=int(metrics.get("num-episodes", 0)), episode_ids=result.episode_ids,
+        bytes_down=bytes_down, num_examples=int(metrics.get(keys.NUM_EXAMPLES, 0)),
+        num_episodes=int(metrics.get(keys.NUM_EPISODES, 0)), episode_ids=result.episode_ids,
         metrics=scalar, checkpoint=result.checkpoint,
         message="" if result.upload else "no successful episodes to train on"))
     metrics[REPLY_TIME_KEY] = time.time()
-    return Message(RecordDict({"arrays": record, "metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({keys.ARRAYS: record, keys.METRICS: MetricRecord(metrics)}), reply_to=msg)

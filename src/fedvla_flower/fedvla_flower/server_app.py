@@ -21,9 +21,13 @@ import numpy as np
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedvla_core.federated.wire import pack_arrays
+from fedvla_core.federated import keys
 from fedvla_core.federated.checkpoint_store import CheckpointStore
-from .strategies import make_strategy, numpy_to_arrays
+from fedvla_core.federated.local_round import round_default
+from fedvla_core.federated.round_gate import DEFAULT_GATE_TIMEOUT_S
+from fedvla_core.federated.wire import pack_arrays
+from fedvla_flower.strategies import make_strategy
+from fedvla_flower.task import initial_model, numpy_to_arrays
 
 log = logging.getLogger("fedvla.federation")
 
@@ -34,7 +38,12 @@ def default_federation_dir() -> str:
 
 @dataclass
 class ServerRunConfig:
-    """What one federated run does; field names are the run-config keys with '-' for '_'."""
+    """What one federated run does; field names are the run-config keys with '-' for '_'.
+
+    The clients' training settings (local-steps ... upload-dtype) default to LocalRoundConfig's, the
+    gate timeout to the round gate's; the literal defaults of pyproject.toml's [tool.flwr.app.config]
+    must equal these (tests/fedvla_flower/test_run_config.py).
+    """
 
     num_server_rounds: int = field(default=2, metadata={"help": "Total rounds of the run (a resumed run continues up to this)."})
     strategy: str = field(default="eda", metadata={"help": "Aggregation: eda | fedavg | fedprox."})
@@ -49,12 +58,12 @@ class ServerRunConfig:
     checkpoint_dir: str = field(default="", metadata={"help": "Where global checkpoints go ('' = $FEDVLA_FEDERATION_DIR/checkpoints)."})
     base_checkpoint: str = field(default="", metadata={"help": "save_pretrained folder of the initial policy ('' = model-config)."})
     model_config: str = field(default="", metadata={"help": "JSON FedVLAConfig kwargs for a fresh policy when there is no base checkpoint."})
-    local_steps: int = field(default=20, metadata={"help": "Optimizer steps each client trains per round."})
-    batch_size: int = field(default=8, metadata={"help": "Client batch size."})
-    learning_rate: float = field(default=3e-4, metadata={"help": "Client learning rate."})
-    seed: int = field(default=0, metadata={"help": "Seed of the initial model and of client sampling."})
-    upload_dtype: str = field(default="float32", metadata={"help": "Client upload: float32 weights, or float16 deltas (half the bytes)."})
-    gate_timeout: float = field(default=120.0, metadata={"help": "Seconds a client waits for its robot to be idle."})
+    local_steps: int = field(default=round_default("local_steps"), metadata={"help": "Optimizer steps each client trains per round."})
+    batch_size: int = field(default=round_default("batch_size"), metadata={"help": "Client batch size."})
+    learning_rate: float = field(default=round_default("learning_rate"), metadata={"help": "Client learning rate."})
+    seed: int = field(default=round_default("seed"), metadata={"help": "Seed of the initial model and of client sampling."})
+    upload_dtype: str = field(default=round_default("upload_dtype"), metadata={"help": "Client upload: float32 weights, or float16 deltas (half the bytes)."})
+    gate_timeout: float = field(default=DEFAULT_GATE_TIMEOUT_S, metadata={"help": "Seconds a client waits for its robot to be idle."})
 
     def __post_init__(self):
         def need(cond, name, why):
@@ -90,11 +99,11 @@ class ServerRunConfig:
 
     def client_config(self) -> dict:
         """Training settings every client receives in its ConfigRecord."""
-        return {"local-steps": self.local_steps, "batch-size": self.batch_size,
-                "learning-rate": self.learning_rate, "base-checkpoint": self.base_checkpoint,
-                "model-config": self.model_config, "seed": self.seed,
-                "gate-timeout": self.gate_timeout, "upload-dtype": self.upload_dtype,
-                "round-timeout": self.round_timeout}
+        return {keys.LOCAL_STEPS: self.local_steps, keys.BATCH_SIZE: self.batch_size,
+                keys.LEARNING_RATE: self.learning_rate, keys.BASE_CHECKPOINT: self.base_checkpoint,
+                keys.MODEL_CONFIG: self.model_config, keys.SEED: self.seed,
+                keys.GATE_TIMEOUT: self.gate_timeout, keys.UPLOAD_DTYPE: self.upload_dtype,
+                keys.ROUND_TIMEOUT: self.round_timeout}
 
 
 #: Seconds between reply polls. Grid.send_and_receive sleeps 3 s between polls (flwr 1.41), which
@@ -123,29 +132,26 @@ def send_and_receive(grid, messages: list, timeout: float, poll_s: float = REPLY
     return replies
 
 
-#: ConfigRecord key: wall-clock time (time.time()) the server pushed the round; the ClientApp reports
-#: how long the message took to reach it ("delivery-s"; meaningful where clocks agree, e.g. loopback).
-ROUND_PUSH_TIME_KEY = "round-push-time"
-#: MetricRecord key: wall-clock time the ClientApp returned its reply; the server turns it into
-#: "return-s-max" (reply path: ClientApp -> SuperNode -> SuperLink -> ServerApp) and drops it.
-REPLY_TIME_KEY = "reply-time"
+#: The push/reply timestamps of a round (see fedvla_core.federated.keys).
+ROUND_PUSH_TIME_KEY = keys.ROUND_PUSH_TIME
+REPLY_TIME_KEY = keys.REPLY_TIME
 
 
 def stamp_push_time(messages: list) -> None:
     """Write the push time into each train message's config (ClientApps report delivery-s from it)."""
     now = time.time()
     for msg in messages:
-        if "config" in msg.content:
-            msg.content["config"][ROUND_PUSH_TIME_KEY] = now
+        if keys.CONFIG in msg.content:
+            msg.content[keys.CONFIG][ROUND_PUSH_TIME_KEY] = now
 
 
 def reply_return_times(replies: list, arrivals: list[float]) -> list[float]:
     """Seconds from each ClientApp's reply to its arrival here; removes the reply-time metric from the replies."""
     out = []
     for msg, arrived in zip(replies, arrivals):
-        if msg.has_error() or "metrics" not in msg.content:
+        if msg.has_error() or keys.METRICS not in msg.content:
             continue
-        metrics = msg.content["metrics"]
+        metrics = msg.content[keys.METRICS]
         if REPLY_TIME_KEY in metrics:
             out.append(max(arrived - float(metrics[REPLY_TIME_KEY]), 0.0))
             del metrics[REPLY_TIME_KEY]
@@ -154,21 +160,7 @@ def reply_return_times(replies: list, arrivals: list[float]) -> list[float]:
 
 def initial_model_arrays(cfg: ServerRunConfig) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
     """Global arrays (trunk or whole model) and the trunk layout of the initial policy."""
-    import torch
-
-    from fedvla_core.model import FedVLAConfig, FedVLAPolicy
-
-    torch.manual_seed(cfg.seed)
-    if cfg.base_checkpoint:
-        policy = FedVLAPolicy.from_pretrained(cfg.base_checkpoint)
-    else:
-        policy = FedVLAPolicy(FedVLAConfig(**json.loads(cfg.model_config)))
-    layout = policy.trunk_layout()
-    if cfg.scope == "trunk":
-        tensors = policy.export_trunk()
-    else:
-        tensors = {n: p.detach().cpu() for n, p in policy.named_parameters()}
-    return {k: v.numpy().copy() for k, v in tensors.items()}, layout
+    return initial_model(cfg.base_checkpoint, cfg.model_config, cfg.scope, cfg.seed)
 
 
 def run_rounds(grid, strategy, store: CheckpointStore, initial: Callable[[], tuple[dict, dict]],

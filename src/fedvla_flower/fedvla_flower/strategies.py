@@ -4,11 +4,12 @@ All of them subclass ``flwr.serverapp.strategy.FedAvg`` and override ``configure
 ``aggregate_train``, because stock FedAvg (a) insists every reply carries the same keys and (b)
 weights every tensor by num-examples. Here every tensor is averaged separately over the clients
 that sent it, with a per-tensor weight that the subclass decides, and every reply is validated
-first (see :mod:`.validation`).
+first (see :mod:`fedvla_core.federated.validation`).
 
 What a strategy needs to know about the model is a *layout*: ``{tensor name: (layer index or
 None, expert index or None)}`` (``FedVLAPolicy.trunk_layout()``). Clients report per-layer expert
-activation counts in their MetricRecord as ``expert-counts.<layer>`` (a list, one entry per expert).
+activation counts in their MetricRecord as ``expert-counts.<layer>`` (a list, one entry per expert;
+the keys client and server exchange are in :mod:`fedvla_core.federated.keys`).
 
 A client may upload float16 deltas (local - global) instead of float32 weights (``upload-delta`` = 1
 in its metrics); they are turned back into weights before validation and aggregation.
@@ -25,24 +26,15 @@ import time
 from typing import Iterable, Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from fedvla_core.federated.wire import unpack_arrays
+from fedvla_core.federated import keys
 from fedvla_core.federated.eda import expert_client_weights, layer_client_weights
 from fedvla_core.federated.validation import check_update, parse_counts
+from fedvla_flower.task import arrays_to_numpy, numpy_to_arrays
 
 log = logging.getLogger("fedvla.federation")
-
-
-def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """ArrayRecord -> {name: ndarray}; a packed record (see ..array_packing) is unpacked."""
-    return unpack_arrays({k: v.numpy() for k, v in record.items()})
-
-
-def numpy_to_arrays(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """{name: ndarray} -> ArrayRecord (key order kept)."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
 class FedVLAFedAvg(FedAvg):
@@ -64,10 +56,11 @@ class FedVLAFedAvg(FedAvg):
     def __init__(self, layout: Mapping[str, tuple] | None = None, scope: str = "trunk",
                  min_train_nodes: int = 2, min_available_nodes: int = 2, fraction_train: float = 1.0,
                  max_update_ratio: float = 10.0, fedpart_layers_per_round: int = 0,
-                 node_wait_timeout: float = 600.0, weighted_by_key: str = "num-examples"):
+                 node_wait_timeout: float = 600.0, weighted_by_key: str = keys.NUM_EXAMPLES):
         super().__init__(fraction_train=fraction_train, fraction_evaluate=0.0, min_train_nodes=min_train_nodes,
                          min_evaluate_nodes=0, min_available_nodes=min_available_nodes,
-                         weighted_by_key=weighted_by_key)
+                         weighted_by_key=weighted_by_key, arrayrecord_key=keys.ARRAYS,
+                         configrecord_key=keys.CONFIG)
         if scope not in ("trunk", "full"):
             raise ValueError(f"scope must be 'trunk' or 'full', got {scope!r}")
         if max_update_ratio <= 0:
@@ -104,7 +97,7 @@ class FedVLAFedAvg(FedAvg):
 
     def extra_config(self, server_round: int) -> dict:
         """Per-round config entries added to what clients receive (FedProx adds proximal-mu)."""
-        return {"proximal-mu": 0.0}
+        return {keys.PROXIMAL_MU: 0.0}
 
     def summary(self) -> None:
         log.info("strategy %s: scope=%s min_train_nodes=%d min_available_nodes=%d fedpart=%d max_update_ratio=%g",
@@ -126,12 +119,12 @@ class FedVLAFedAvg(FedAvg):
         sample_size = min(len(nodes), max(int(len(nodes) * self.fraction_train), self.min_train_nodes))
         node_ids = random.sample(nodes, sample_size)
         cfg = ConfigRecord(dict(config))
-        cfg["server-round"] = server_round
-        cfg["scope"] = self.scope
-        cfg["train-layers"] = self.train_layers(server_round)
+        cfg[keys.SERVER_ROUND] = server_round
+        cfg[keys.SCOPE] = self.scope
+        cfg[keys.TRAIN_LAYERS] = self.train_layers(server_round)
         cfg.update(self.extra_config(server_round))
         log.info("round %d: training on %d of %d nodes, layers %s", server_round, len(node_ids), len(nodes),
-                 cfg["train-layers"] or "all")
+                 cfg[keys.TRAIN_LAYERS] or "all")
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
         return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=n) for n in node_ids]
 
@@ -147,10 +140,10 @@ class FedVLAFedAvg(FedAvg):
             node = msg.metadata.src_node_id
             try:
                 record = msg.content[self.arrayrecord_key]
-                metrics = dict(msg.content["metrics"]) if "metrics" in msg.content else {}
+                metrics = dict(msg.content[keys.METRICS]) if keys.METRICS in msg.content else {}
                 update = arrays_to_numpy(record)
                 nbytes = record.count_bytes()
-                if metrics.get("upload-delta", 0):  # compressed upload: float16 (local - global) deltas
+                if metrics.get(keys.UPLOAD_DELTA, 0):  # compressed upload: float16 (local - global) deltas
                     update = {k: (self.global_arrays[k].astype(np.float64) + d.astype(np.float64)).astype(
                         self.global_arrays[k].dtype) if k in self.global_arrays and d.shape == self.global_arrays[k].shape
                         else d for k, d in update.items()}
@@ -211,15 +204,15 @@ class FedVLAFedAvg(FedAvg):
         """Sums (examples, bytes, expert counts) and num-examples-weighted means of scalar metrics."""
         n = np.asarray([c[2][self.weighted_by_key] for c in clients], dtype=np.float64)
         out: dict = {"num-clients": len(clients), "num-rejected": rejected,
-                     self.weighted_by_key: int(n.sum()), "bytes-up": int(sum(c[3] for c in clients))}
+                     self.weighted_by_key: int(n.sum()), keys.BYTES_UP: int(sum(c[3] for c in clients))}
         counts_sum: dict[int, np.ndarray] = {}
         for c in clients:
             for layer, vec in parse_counts(c[2]).items():
                 counts_sum[layer] = counts_sum.get(layer, 0) + vec
         for layer, vec in counts_sum.items():
-            out[f"expert-counts.{layer}"] = [float(v) for v in vec]
+            out[keys.expert_counts_key(layer)] = [float(v) for v in vec]
         scalar_keys = {k for c in clients for k, v in c[2].items()
-                       if isinstance(v, (int, float)) and k not in out and not k.startswith("expert-counts.")}
+                       if isinstance(v, (int, float)) and k not in out and not k.startswith(keys.EXPERT_COUNTS_PREFIX)}
         for key in sorted(scalar_keys):
             vals = [(float(c[2][key]), wn) for c, wn in zip(clients, n) if isinstance(c[2].get(key), (int, float))]
             tot = sum(wn for _, wn in vals)
@@ -241,7 +234,7 @@ class FedVLAFedProx(FedVLAFedAvg):
         self.proximal_mu = float(proximal_mu)
 
     def extra_config(self, server_round: int) -> dict:
-        return {"proximal-mu": self.proximal_mu}
+        return {keys.PROXIMAL_MU: self.proximal_mu}
 
 
 class ExpertDrivenAggregation(FedVLAFedAvg):

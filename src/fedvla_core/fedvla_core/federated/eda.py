@@ -1,7 +1,7 @@
 """Expert-Driven Aggregation (FedVLA, ICCV 2025, Algorithm 2) as plain numpy functions.
 
 Kept free of Flower and of the model so that the formula can be checked by hand (see
-tests/fedvla_fed_server/test_strategies.py for a 3-client example written out in numbers).
+tests/fedvla_flower/test_strategies.py for a 3-client example written out in numbers).
 """
 from __future__ import annotations
 

@@ -33,11 +33,13 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from fedvla_core.federated import keys
 
 log = logging.getLogger("fedvla.client")
 
@@ -74,7 +76,12 @@ def check_finite(tensors: Mapping[str, Any], what: str) -> None:
 
 @dataclass
 class LocalRoundConfig:
-    """Everything one local round needs (from the node config and the server's ConfigRecord)."""
+    """Everything one local round needs (from the node config and the server's ConfigRecord).
+
+    Its defaults are the fleet's local-round defaults: the ServerApp's run config, the ClientApp's
+    fallbacks and the federation CLI take them from here (:func:`round_default`); the literal values
+    in src/fedvla_flower/pyproject.toml, which Flower reads, are checked against them by a test.
+    """
 
     episode_dir: str = field(default="", metadata={"help": "The robot's episode folder (node-config episode-dir)."})
     policy_dir: str = field(default="", metadata={"help": "Local policy state ('' = <episode-dir>/policy)."})
@@ -113,6 +120,12 @@ class LocalRoundConfig:
     @property
     def resolved_policy_dir(self) -> Path:
         return Path(self.policy_dir) if self.policy_dir else Path(self.episode_dir) / POLICY_SUBDIR
+
+
+def round_default(name: str):
+    """The default of LocalRoundConfig field `name` (e.g. "local_steps"): the one place it is written."""
+    f = LocalRoundConfig.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 @dataclass
@@ -294,7 +307,7 @@ def run_local_round(cfg: LocalRoundConfig, global_arrays: Mapping[str, np.ndarra
     if len(dataset) == 0 or cfg.local_steps == 0:
         log.warning("robot %s round %d: no usable successful episodes (or 0 steps; %d skipped); nothing to train",
                     cfg.robot_id, cfg.server_round, skipped)
-        return LocalRoundResult(upload={}, metrics={"num-examples": 0, "num-episodes": 0, "load-s": load_s,
+        return LocalRoundResult(upload={}, metrics={keys.NUM_EXAMPLES: 0, keys.NUM_EPISODES: 0, "load-s": load_s,
                                                     "skipped-episodes": skipped})
 
     trainable = None
@@ -330,19 +343,19 @@ def run_local_round(cfg: LocalRoundConfig, global_arrays: Mapping[str, np.ndarra
     if warm is not None:
         warm.policy, warm.policy_checkpoint = policy, checkpoint
     metrics: dict[str, Any] = {
-        "num-examples": int(stats["num_examples"]),
-        "num-episodes": int(dataset.num_episodes),
-        "train-loss": float(stats["loss"]),
+        keys.NUM_EXAMPLES: int(stats["num_examples"]),
+        keys.NUM_EPISODES: int(dataset.num_episodes),
+        keys.TRAIN_LOSS: float(stats["loss"]),
         "first-loss": float(stats["first_loss"]),
         "train-steps": int(stats["steps"]),
         "train-time-s": float(stats["wall_time_s"]),
         "mean-active-experts": float(stats["mean_active_experts"]),
         "load-s": load_s,
-        "upload-delta": int(cfg.upload_dtype == "float16"),
+        keys.UPLOAD_DELTA: int(cfg.upload_dtype == "float16"),
         "skipped-episodes": skipped,
     }
     for layer, counts in enumerate(stats["expert_counts"]):
-        metrics[f"expert-counts.{layer}"] = [int(v) for v in counts]
+        metrics[keys.expert_counts_key(layer)] = [int(v) for v in counts]
     log.info("robot %s round %d: trained %d steps on %d samples from %s (loss %.4f -> %.4f)", cfg.robot_id,
              cfg.server_round, stats["steps"], stats["num_examples"], source, stats["first_loss"], stats["loss"])
     return LocalRoundResult(upload=upload, metrics=metrics, checkpoint=checkpoint, episode_ids=dataset.episode_ids)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 GATE_FILE = ".round_gate.json"
 REPORT_FILE = ".round_report.json"
+#: Seconds a ClientApp waits for its robot to open the gate (run-config ``gate-timeout``) by default.
+DEFAULT_GATE_TIMEOUT_S = 120.0
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

@@ -10,7 +10,7 @@ from typing import Mapping
 
 import numpy as np
 
-COUNTS_PREFIX = "expert-counts."
+from fedvla_core.federated.keys import EXPERT_COUNTS_PREFIX, NUM_EXAMPLES, expert_counts_key
 
 
 def layer_expert_sizes(layout: Mapping[str, tuple]) -> dict[int, int]:
@@ -26,15 +26,15 @@ def parse_counts(metrics: Mapping[str, object]) -> dict[int, np.ndarray]:
     """The per-layer count vectors ``expert-counts.<layer>`` of a reply's MetricRecord."""
     out = {}
     for key, value in metrics.items():
-        if key.startswith(COUNTS_PREFIX):
+        if key.startswith(EXPERT_COUNTS_PREFIX):
             vals = value if isinstance(value, (list, tuple)) else [value]
-            out[int(key[len(COUNTS_PREFIX):])] = np.asarray(vals, dtype=np.float64)
+            out[int(key[len(EXPERT_COUNTS_PREFIX):])] = np.asarray(vals, dtype=np.float64)
     return out
 
 
 def check_update(global_arrays: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray],
                  metrics: Mapping[str, object], layout: Mapping[str, tuple],
-                 max_update_ratio: float, weighted_by_key: str = "num-examples") -> str | None:
+                 max_update_ratio: float, weighted_by_key: str = NUM_EXAMPLES) -> str | None:
     """Why this update must be rejected, or None when it is acceptable.
 
     Checks: at least one array; every array known to the global model with the same shape and
@@ -69,9 +69,9 @@ def check_update(global_arrays: Mapping[str, np.ndarray], update: Mapping[str, n
         return f"bad expert counts: {err}"
     for layer, vec in counts.items():
         if not np.all(np.isfinite(vec)) or np.any(vec < 0):
-            return f"expert-counts.{layer} has negative or non-finite values"
+            return f"{expert_counts_key(layer)} has negative or non-finite values"
         if layer in sizes and vec.size != sizes[layer]:
-            return f"expert-counts.{layer} has {vec.size} entries, layer has {sizes[layer]} experts"
+            return f"{expert_counts_key(layer)} has {vec.size} entries, layer has {sizes[layer]} experts"
     norm = diff_sq ** 0.5
     limit = max_update_ratio * max(ref_sq ** 0.5, 1.0)
     if norm > limit:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fedvla_core.federated.wire import PACKED_INDEX, pack_arrays, unpack_arrays
-from fedvla_flower.strategies import arrays_to_numpy, numpy_to_arrays
+from fedvla_flower.task import arrays_to_numpy, numpy_to_arrays
 
 
 def test_pack_round_trip_through_an_array_record_and_bad_packs_are_refused():
