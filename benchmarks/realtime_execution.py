@@ -8,11 +8,14 @@ for the policy, and each action is applied at once). A robot does not wait: the 
 some tens of ms old when the policy has answered, the arm kept moving meanwhile, and the server
 turns the chunk into a JointTrajectory. This benchmark replays that without ROS, deterministically:
 the sim Panda (`SimRobot`, its trajectory follower, its own joint ranges) is stepped by hand, and
-each control step goes
+each control step is the policy server's own (`fedvla_core.control.goal_runner.GoalRunner.step`):
 
     observe (render + joint state) -> policy.act -> [arm keeps following the last trajectory for
     `latency` s] -> motion.plan(reference setpoint, chunk, observation_age_s) -> follow for the rest
     of the 0.1 s period.
+
+The reference setpoint is the sim follower's own (the server estimates it with ReferenceTracker),
+and the latency is sim time the policy's answer takes (`LaggedPolicy`).
 
 Conditions (same tasks, same held-out seeds, same checkpoint):
 * `sync`: `fedvla-sim eval`'s rollout (`env.step`), the reference;
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -89,22 +93,75 @@ def motion_backend(timing: str, min_lead_s: float | None = None):
     return JointSpaceBackend(limits, MotionConfig(nominal_step_s=CONTROL_PERIOD_S, timing=timing, **lead))
 
 
+class LaggedPolicy:
+    """The policy whose answer comes ``latency_s`` of sim time after the observation: the arm keeps
+    following the previous trajectory meanwhile. Everything but ``act`` is the policy's own."""
+
+    def __init__(self, policy, robot, latency_s: float):
+        self.policy, self.robot, self.latency_s = policy, robot, latency_s
+
+    def act(self, observation: dict) -> np.ndarray:
+        chunk = self.policy.act(observation)
+        if self.latency_s > 0:
+            self.robot.advance(self.latency_s)
+        return chunk
+
+    def __getattr__(self, name: str):
+        return getattr(self.policy, name)
+
+
+class FollowerSetpoint:
+    """The sim follower's setpoint at ``now``: the reference the server's ReferenceTracker estimates on a
+    real controller. No velocity (the follower reports none; only 'time_optimal' timing would use it)."""
+
+    def __init__(self, robot):
+        self.robot = robot
+
+    def state(self, now: float, measured_pos: np.ndarray, measured_vel: np.ndarray):
+        with self.robot.lock:
+            return self.robot.follower.sample(now), None
+
+    def clear(self) -> None:
+        """Nothing to forget: the follower's setpoint is always known."""
+
+
+def observe(robot):
+    """The sim's joint state and camera images as the server's inputs.Snapshot (received and stamped now)."""
+    from fedvla_core.control.inputs import JointSample, Snapshot
+
+    q, qd = robot.joint_state()
+    now = robot.sim_time
+    names = robot.env.joint_names
+    joint = JointSample(dict(zip(names, q.tolist())), dict(zip(names, qd.tolist())), now)
+    images = robot.render_images()
+    return Snapshot(images, joint, now, frames_received={c: now for c in images})
+
+
 def rollout_server_semantics(robot, policy, motion, task: str, seed: int, cond: Condition, max_steps: int) -> dict:
     """One episode with the policy server's execution: trajectories replace each other every period."""
+    from fedvla_core.control.goal_runner import ChunkRejected, GoalEnd, GoalRunner
+    from fedvla_core.control.inputs import ServerConfig
+    from fedvla_core.control.motion import hold_trajectory
+
     instruction = robot.reset(task, seed)
-    for step in range(1, max_steps + 1):
-        q, _ = robot.joint_state()
-        chunk = np.asarray(policy.act({"images": robot.render_images(), "instruction": instruction, "proprio": q}))
-        if cond.latency_s > 0:
-            robot.advance(cond.latency_s)  # the arm keeps following the previous trajectory
-        with robot.lock:
-            setpoint = robot.follower.sample(robot.env.time)
-        traj = motion.plan(setpoint, chunk, None, observation_age_s=cond.latency_s if cond.compensate else 0.0)
-        robot.command_trajectory(traj.joint_names, traj.times[1:], traj.positions[1:])  # as to_joint_trajectory
+    age = cond.latency_s if cond.compensate else 0.0
+    runner = GoalRunner(LaggedPolicy(policy, robot, cond.latency_s), motion,
+                        ServerConfig(control_rate_hz=1.0 / CONTROL_PERIOD_S), instruction, max_steps, math.inf,
+                        reference=FollowerSetpoint(robot), clock=lambda: robot.sim_time,
+                        observation_age=lambda snap: age)
+    while runner.budget_end() is None:
+        outcome = runner.step(observe(robot))
+        if isinstance(outcome, GoalEnd):  # a policy error; stale input cannot happen in sim time
+            raise RuntimeError(f"{task} seed {seed}: the goal ended after {runner.steps} steps: {outcome.reason}")
+        if isinstance(outcome, ChunkRejected):  # the server holds the arm and goes on
+            with robot.lock:
+                setpoint = robot.follower.sample(robot.sim_time)
+            outcome = hold_trajectory(setpoint, motion.joint_names)
+        robot.command_trajectory(outcome.joint_names, outcome.times[1:], outcome.positions[1:])  # as to_joint_trajectory
         robot.advance(CONTROL_PERIOD_S - cond.latency_s)
         if robot.success():
-            return {"success": True, "steps": step}
-    return {"success": False, "steps": max_steps}
+            return {"success": True, "steps": runner.steps}
+    return {"success": False, "steps": runner.steps}
 
 
 def main(argv: list[str] | None = None) -> int:

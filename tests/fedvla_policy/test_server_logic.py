@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import yaml
 
+from fedvla_core.control.goal_arbitration import BUSY_REFUSAL, Claim, GoalArbiter
 from fedvla_core.control.input_sync import StampedHistory
 from fedvla_core.control.inputs import (Frame, JointSample, LatestInputs, ServerConfig, goal_rejection_reason,
                                         instruction_problem, progress, proprio_vector, step_budget)
+from fedvla_core.control.policy_slot import PolicySlot, ServedPolicy
 
 CONFIG = Path(__file__).resolve().parents[2] / "src/fedvla_policy/config/policy_server.yaml"
 
@@ -153,3 +155,39 @@ def test_yaml_holds_every_parameter_with_its_default():
         if isinstance(value, list):
             value = [v for v in value if v]
         assert value == getattr(defaults, f.name), f.name
+
+
+def test_the_newest_goal_preempts_every_earlier_one_and_waits_for_the_arm():
+    goals = GoalArbiter("preempt")
+    first = goals.admit(b"1", "handle 1", None)
+    assert goals.take_refused(b"1") is None and goals.claim(b"1") is Claim.START
+    second = goals.admit(b"2", "handle 2", None)
+    third = goals.admit(b"3", "handle 3", None)
+    assert first.preempted and second.preempted and not third.preempted
+    assert goals.claim(b"2") is Claim.PREEMPTED  # superseded while it waited: forgotten
+    assert goals.claim(b"3") is Claim.WAIT  # the first still stops the arm
+    goals.release(b"1")
+    assert goals.claim(b"3") is Claim.START and goals.run(b"3") is third
+
+
+def test_a_refused_goal_preempts_nothing_and_reject_mode_refuses_as_busy():
+    goals = GoalArbiter("preempt")
+    running = goals.admit(b"1", "h1", None)
+    refused = goals.admit(b"2", "h2", "not_ready: no joint state received yet")
+    assert not running.preempted and goals.take_refused(b"2") is refused and goals.take_refused(b"2") is None
+    strict = GoalArbiter("reject")
+    strict.admit(b"1", "h1", None)
+    busy = strict.admit(b"2", "h2", None)
+    assert busy.refusal == BUSY_REFUSAL and busy.refusal.startswith("busy: ") and strict.take_refused(b"2") is busy
+
+
+def test_a_checkpoint_loaded_during_a_goal_serves_from_the_next_one():
+    slot = PolicySlot()
+    assert slot.current is None
+    assert slot.offer(ServedPolicy("a", "/ckpt/a")) is True and slot.current.policy == "a"
+    assert slot.goal_started().policy == "a"
+    assert slot.offer(ServedPolicy("b", "/ckpt/b")) is False  # the running goal keeps its policy
+    assert slot.offer(ServedPolicy("c", "/ckpt/c")) is False  # the newest load wins
+    assert slot.current.policy == "a"
+    assert slot.goal_ended() is True and slot.current.policy == "c"
+    assert slot.goal_ended() is False and slot.current.policy == "c"

@@ -24,8 +24,11 @@ last line of defence. load_checkpoint is all-or-nothing (checkpoint_swap.py).
 
 A goal's control loop (one step per new, consistent set of camera frames, at most
 control_rate_hz): frames + joint state -> policy.act -> motion backend (limits enforced) ->
-JointTrajectory, then feedback and ExpertUsage. Each trajectory is planned from the setpoint the
-controller is following (server_logic.ReferenceTracker), not from the lagging measured position, and
+JointTrajectory, then feedback and ExpertUsage. The step and the decision when a goal ends are
+fedvla_core's GoalRunner (goal_runner.py); this node waits for frames, publishes what a step returns
+and holds the arm. Which goal drives the arm is goal_arbitration.py's, when a loaded checkpoint
+starts serving policy_slot.py's. Each trajectory is planned from the setpoint the
+controller is following (inputs.ReferenceTracker), not from the lagging measured position, and
 by default keeps the chunk's own timing counted from the observation's capture stamp
 (trajectory_timing 'chunk', see motion.py), within the arm's joint_lower/upper_limits.
 A goal ends on task_success (succeeded), on its step or time limit, on a stale camera or joint
@@ -63,7 +66,9 @@ from fedvla_msgs.action import ExecuteInstruction
 from fedvla_msgs.msg import ExpertUsage, LayerExpertUsage
 from fedvla_msgs.srv import LoadCheckpoint
 from fedvla_core.control.checkpoint_swap import CheckpointRefused, RobotSpec, load_validated
-from fedvla_core.control.goal_refusal import BUSY, NOT_READY, refusal_reason
+from fedvla_core.control.goal_arbitration import Claim, GoalArbiter
+from fedvla_core.control.goal_refusal import NOT_READY, refusal_reason
+from fedvla_core.control.goal_runner import ChunkRejected, EndReason, GoalEnd, GoalRunner
 from fedvla_ros.image_conversion import image_to_numpy, to_rgb
 from fedvla_core.control.input_checks import InputRejected, LogLimiter, bounded, joint_state_values, trajectory_problem
 from fedvla_core.control.instruction_grounding import InstructionGrounder, trained_instructions
@@ -74,8 +79,8 @@ from fedvla_core.embodiment import PANDA_LIMITS, JointLimits
 from fedvla_policy.moveit_backend import MoveItBackend, moveit_available
 from fedvla_core.control.input_sync import stamp_seconds
 from fedvla_core.control.inputs import (Frame, JointSample, LatestInputs, ReferenceTracker, ServerConfig,
-                                        current_positions,
-                                        goal_rejection_reason, progress, proprio_vector, step_budget)
+                                        current_positions, goal_rejection_reason)
+from fedvla_core.control.policy_slot import PolicySlot, ServedPolicy
 
 try:  # optional: a real ros2_control install ships control_msgs
     from control_msgs.action import FollowJointTrajectory  # type: ignore
@@ -83,24 +88,6 @@ except ImportError:  # pragma: no cover - not installed here
     FollowJointTrajectory = None
 
 REJECTIONS_TOPIC = "~/goal_rejections"
-
-
-def expert_usage_layers(policy) -> tuple[list[tuple[list[int], float]], float]:
-    """Per trunk layer (expert counts, mean active experts per token) and the overall mean, since the
-    last reset_expert_stats() (the start of the goal)."""
-    counts = [np.asarray(c, dtype=np.int64).ravel().tolist() for c in policy.expert_counts()]
-    overall = float(policy.mean_active_experts())
-    ffns = policy.trunk_ffns() if hasattr(policy, "trunk_ffns") else []
-    per_layer = [float(f.mean_active_experts()) for f in ffns] if len(ffns) == len(counts) else [overall] * len(counts)
-    return list(zip(counts, per_layer)), overall
-
-
-def routed_and_tokens(policy) -> tuple[int, int] | None:
-    """(expert activations, tokens) of the trunk since the last reset, to get one step's mean by difference."""
-    if not hasattr(policy, "trunk_ffns"):
-        return None
-    ffns = policy.trunk_ffns()
-    return sum(sum(f.expert_counts()) for f in ffns), sum(int(f.tokens_seen()) for f in ffns)
 
 
 def to_joint_trajectory(traj) -> JointTrajectory:
@@ -123,10 +110,6 @@ def to_joint_trajectory(traj) -> JointTrajectory:
     return msg
 
 
-#: The next step needs frames received at least this many control periods after the last step's.
-STEP_SPACING = 0.7
-
-
 def sim_task_instructions(cameras: list[str]) -> tuple[list[str], str]:
     """The sim's task phrasings that match a checkpoint's cameras (Meta-World or the Panda tabletop).
 
@@ -144,15 +127,6 @@ def sim_task_instructions(cameras: list[str]) -> tuple[list[str], str]:
     return sorted({p for task in TASKS.values() for p in task.phrasings}), "the Panda tabletop task table"
 
 
-class _GoalRun:
-    """Book-keeping of an accepted goal (running, or waiting for the one it preempts to stop)."""
-
-    def __init__(self, goal_handle, refusal: str = ""):
-        self.goal_handle = goal_handle
-        self.preempted = False
-        self.refusal = refusal  # "<code>: <why>" when the goal is refused (aborted at once, never runs)
-
-
 class PolicyServer(Node):
     """ExecuteInstruction action server: camera + joint state + instruction -> policy -> trajectory."""
 
@@ -164,16 +138,9 @@ class PolicyServer(Node):
         self._service_group = MutuallyExclusiveCallbackGroup()
 
         self.inputs = LatestInputs()
-        self._policy = None
-        self._policy_path = ""
-        self._grounder: InstructionGrounder | None = None  # of the serving policy
-        self._pending_policy = None  # (policy, path, grounder) waiting for the running goal to end
+        self._policy_slot = PolicySlot()  # hot swap: a checkpoint loaded during a goal serves from the next one
         self._checkpoint_root = os.path.abspath(self.cfg.checkpoint_root or os.getcwd())
-        self._policy_lock = threading.Lock()
-        self._active: _GoalRun | None = None  # the goal driving the arm
-        self._refused_runs: dict[bytes, _GoalRun] = {}  # accepted requests that are aborted at once
-        self._runs: dict[bytes, _GoalRun] = {}  # every accepted goal not finished yet
-        self._active_lock = threading.Lock()
+        self._goals = GoalArbiter(self.cfg.on_new_goal)  # which accepted goal drives the arm
         self._success_time = -np.inf
         self._frame_waiters: list[threading.Event] = []
         self._waiters_lock = threading.Lock()
@@ -213,14 +180,14 @@ class PolicyServer(Node):
             try:  # the operator's own parameter: any local directory, but every other check applies
                 policy, directory, summary = load_validated(self.cfg.checkpoint, None, self._robot_spec(),
                                                             self.cfg.device)
-                self._set_policy(policy, str(directory), self._make_grounder(policy))
+                self._serve(ServedPolicy(policy, str(directory), self._make_grounder(policy)))
                 self.get_logger().info(f"checkpoint {directory}: {summary}")
             except Exception as exc:  # noqa: BLE001 - keep serving; goals are refused until a load works
                 self.get_logger().error(bounded(f"could not load checkpoint {self.cfg.checkpoint!r}: {exc}", 600))
         self._ensure_camera_subscriptions()
         self.get_logger().info(
             f"policy server ready: action '{self.cfg.action_name}', cameras {self.camera_names}, "
-            f"checkpoint {self._policy_path or '(none)'}, checkpoint root {self._checkpoint_root}, "
+            f"checkpoint {self._served_path() or '(none)'}, checkpoint root {self._checkpoint_root}, "
             f"motion backend {self.motion.kind}")
 
     # ------------------------------------------------------------------ parameters
@@ -278,23 +245,27 @@ class PolicyServer(Node):
     def camera_names(self) -> list[str]:
         if self.cfg.camera_names:
             return list(self.cfg.camera_names)
-        with self._policy_lock:
-            policy = self._policy
-        return list(policy.config.camera_names) if policy is not None else []
+        served = self._policy_slot.current
+        return list(served.policy.config.camera_names) if served is not None else []
 
-    def _set_policy(self, policy, path: str, grounder: InstructionGrounder | None = None) -> None:
-        with self._policy_lock:
-            self._policy, self._policy_path, self._grounder = policy, path, grounder
-        self._ensure_camera_subscriptions()
+    def _served_path(self) -> str:
+        served = self._policy_slot.current
+        return served.path if served is not None else ""
+
+    def _serve(self, served: ServedPolicy) -> bool:
+        """Serve ``served`` now, or from the next goal when one runs (policy_slot); True when it serves now."""
+        now = self._policy_slot.offer(served)
+        if now:
+            self._ensure_camera_subscriptions()
+        return now
 
     def _robot_spec(self) -> RobotSpec:
         """What a checkpoint must fit: the cameras served (configured, else the serving policy's; none
         known before the first policy), the motion backend's action columns and the proprio length."""
         cfg = self.cfg
-        with self._policy_lock:
-            policy = self._policy
+        served = self._policy_slot.current
         cameras = tuple(cfg.camera_names) if cfg.camera_names else (
-            tuple(policy.config.camera_names) if policy is not None else None)
+            tuple(served.policy.config.camera_names) if served is not None else None)
         n = len(cfg.arm_joint_names) + (1 if cfg.gripper_joint else 0)
         return RobotSpec(camera_names=cameras, action_dim=n if cfg.action_space == "joint" else None, proprio_dim=n)
 
@@ -337,12 +308,7 @@ class PolicyServer(Node):
                                        f"{request.path!r}: {exc!r}", 600)
             self.get_logger().error(f"load_checkpoint: {response.message}")
             return response
-        with self._active_lock:
-            running = self._active is not None
-            if running:
-                self._pending_policy = (policy, str(directory), grounder)
-        if not running:
-            self._set_policy(policy, str(directory), grounder)
+        running = not self._serve(ServedPolicy(policy, str(directory), grounder))
         response.success = True
         response.message = f"loaded {directory}: {summary}" + (" (serves the next goal)" if running else "")
         self.get_logger().info(response.message)
@@ -450,8 +416,8 @@ class PolicyServer(Node):
 
     def _refusal(self, goal) -> str | None:
         """Why ``goal`` must not run ("<code>: <why>"), or None; the busy check is the caller's (under the lock)."""
-        with self._policy_lock:
-            loaded, grounder = self._policy is not None, self._grounder
+        served = self._policy_slot.current
+        loaded, grounder = served is not None, served.grounder if served is not None else None
         cameras = self.camera_names
         reason = goal_rejection_reason(
             goal.instruction, max_length=self.cfg.max_instruction_length, model_loaded=loaded,
@@ -470,16 +436,7 @@ class PolicyServer(Node):
             reason = self._refusal(goal_handle.request)
         except Exception as exc:  # noqa: BLE001 - a failing check refuses the goal, it does not end the node
             reason = refusal_reason(NOT_READY, bounded(f"could not check the goal: {exc!r}"))
-        with self._active_lock:
-            if reason is None and self._runs and self.cfg.on_new_goal == "reject":
-                reason = refusal_reason(BUSY, "another goal is running (on_new_goal = reject)")
-            run = _GoalRun(goal_handle, refusal=reason or "")
-            if reason is None:
-                for other in self._runs.values():
-                    other.preempted = True
-                self._runs[bytes(goal_handle.goal_id.uuid)] = run
-            else:
-                self._refused_runs[bytes(goal_handle.goal_id.uuid)] = run
+        self._goals.admit(bytes(goal_handle.goal_id.uuid), goal_handle, reason)
         goal_handle.execute()
 
     def _sleep(self, seconds: float, wake_on_frame: bool = False) -> None:
@@ -503,25 +460,23 @@ class PolicyServer(Node):
 
     def _execute(self, goal_handle):
         key = bytes(goal_handle.goal_id.uuid)
-        with self._active_lock:
-            refused = self._refused_runs.pop(key, None)
-            run = self._runs.get(key)
+        refused = self._goals.take_refused(key)
         if refused is not None:
             self._publish_refusal(goal_handle.request.instruction, refused.refusal)
             goal_handle.abort()
             return ExecuteInstruction.Result(success=False, steps=0, reason=refused.refusal)
+        run = self._goals.run(key)
         while True:  # a preempted goal is still finishing: wait for it
-            with self._active_lock:
-                if run.preempted:  # an even newer goal came while this one waited
-                    del self._runs[key]
-                    goal_handle.abort()
-                    return ExecuteInstruction.Result(success=False, steps=0, reason="preempted")
-                if self._active is None:
-                    self._active = run
-                    break
+            claim = self._goals.claim(key)
+            if claim is Claim.PREEMPTED:  # an even newer goal came while this one waited
+                goal_handle.abort()
+                return ExecuteInstruction.Result(success=False, steps=0, reason=EndReason.PREEMPTED.value)
+            if claim is Claim.START:
+                break
             self._sleep(0.01)
         try:
-            return self._run_goal(goal_handle, run)
+            served = self._policy_slot.goal_started()  # the policy stays fixed until the goal ends
+            return self._run_goal(goal_handle, run, served.policy)
         except Exception as exc:  # noqa: BLE001 - a bug in one goal ends that goal with its reason, not the node
             reason = bounded(f"server error: {exc!r}")
             self.get_logger().error(f"goal failed: {reason}")
@@ -533,12 +488,9 @@ class PolicyServer(Node):
                 goal_handle.abort()
             return ExecuteInstruction.Result(success=False, steps=0, reason=reason)
         finally:
-            with self._active_lock:
-                self._active = None
-                self._runs.pop(key, None)
-                pending, self._pending_policy = self._pending_policy, None
-            if pending is not None:
-                self._set_policy(*pending)
+            self._goals.release(key)
+            if self._policy_slot.goal_ended():  # a checkpoint loaded during the goal serves from now on
+                self._ensure_camera_subscriptions()
 
     def _publish_trajectory(self, traj) -> bool:
         """Send ``traj`` to the controller (topic, or FollowJointTrajectory when present); False when refused.
@@ -583,55 +535,46 @@ class PolicyServer(Node):
             traj = hold_trajectory(pos, self.motion.joint_names, self.cfg.hold_duration_s)
         self._publish_trajectory(traj)
 
-    def _publish_usage(self, policy, episode_id: str) -> float:
-        try:
-            layers, overall = expert_usage_layers(policy)
-        except Exception as exc:  # noqa: BLE001 - usage stats must never stop the arm
-            self.get_logger().warning(f"expert usage unavailable: {exc}", throttle_duration_sec=10.0)
-            return 0.0
+    def _publish_usage(self, runner: GoalRunner, episode_id: str) -> None:
+        """ExpertUsage of the goal so far (expert counts per trunk layer since it started)."""
+        if runner.usage is None:
+            self.get_logger().warning(f"expert usage unavailable: {runner.usage_error}", throttle_duration_sec=10.0)
+            return
+        layers, overall = runner.usage
         msg = ExpertUsage(episode_id=episode_id, mean_active_experts=overall)
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.layers = [LayerExpertUsage(layer=i, expert_counts=c, mean_active_experts=m)
                       for i, (c, m) in enumerate(layers)]
         self._usage_pub.publish(msg)
-        return overall
 
-    def _run_goal(self, goal_handle, run: _GoalRun):
+    def _run_goal(self, goal_handle, run, policy):
+        """Drive one goal (goal_runner.GoalRunner): wait for frames, step, publish, until it ends."""
         cfg = self.cfg
         goal = goal_handle.request
-        max_steps, time_limit = step_budget(goal.max_steps, goal.time_limit_s,
-                                            cfg.default_max_steps, cfg.default_time_limit_s)
         episode_id = f"{cfg.episode_id_prefix}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        with self._policy_lock:
-            policy = self._policy
         cameras = self.camera_names
-        period = 1.0 / cfg.control_rate_hz
-        horizon = cfg.execute_horizon or None
-        if hasattr(policy, "reset"):
-            policy.reset()
-        self.reference.clear()
-        policy.reset_expert_stats()
-        self.get_logger().info(f"goal {episode_id}: {goal.instruction!r} (<= {max_steps} steps, {time_limit:.1f} s)")
+        runner = GoalRunner(policy, self.motion, cfg, goal.instruction, goal.max_steps, goal.time_limit_s,
+                            reference=self.reference, clock=time.monotonic,
+                            observation_age=lambda snap: snap.age(self.get_clock().now().nanoseconds * 1e-9,
+                                                                  time.monotonic()))
+        period = runner.period
+        self.get_logger().info(f"goal {episode_id}: {goal.instruction!r} "
+                               f"(<= {runner.max_steps} steps, {runner.time_limit_s:.1f} s)")
 
-        start = time.monotonic()
-        last_frame = -np.inf
-        last_step_time = start
-        first_step_time = np.inf
-        step = 0
-        mean_active = 0.0
-        latency_ms = 0.0
-
-        def finish(status: str, reason: str, success: bool = False, hold: bool = True):
-            if hold:
+        def finish(end: GoalEnd):
+            if end.log:
+                self.get_logger().error(end.log)
+            if end.hold:
                 self._hold()
-            getattr(goal_handle, status)()
-            self.get_logger().info(f"goal {episode_id} ended after {step} steps: {reason}")
-            return ExecuteInstruction.Result(success=success, steps=step, reason=reason, episode_id=episode_id)
+            getattr(goal_handle, end.status)()
+            self.get_logger().info(f"goal {episode_id} ended after {runner.steps} steps: {end.reason}")
+            return ExecuteInstruction.Result(success=end.success, steps=runner.steps, reason=end.reason,
+                                             episode_id=episode_id)
 
         def feedback(phase: str) -> None:
             goal_handle.publish_feedback(ExecuteInstruction.Feedback(
-                step=step, phase=phase, progress=progress(step, max_steps, time.monotonic() - start, time_limit),
-                mean_active_experts=mean_active, inference_latency_ms=latency_ms,
+                step=runner.steps, phase=phase, progress=runner.progress(),
+                mean_active_experts=runner.mean_active, inference_latency_ms=runner.latency_ms,
                 episode_id=episode_id, instruction=goal.instruction))
 
         feedback("waiting_for_input")  # at once: tells the client this goal runs (a refused one gets none)
@@ -639,84 +582,35 @@ class PolicyServer(Node):
             now = time.monotonic()
             if goal_handle.is_cancel_requested:
                 feedback("holding")
-                return finish("canceled", "canceled")
+                return finish(GoalEnd(EndReason.CANCELED, EndReason.CANCELED.value))
             if run.preempted:
-                return finish("abort", "preempted", hold=False)
-            # Only a success signal that arrived after the first step counts: std_msgs/Bool has no stamp,
-            # and a True from before a reset can be delivered late (seen: "success" 5 steps into a goal).
-            if step > 0 and self._success_time >= first_step_time:
-                feedback("finishing")
-                return finish("succeed", "success", success=True)
-            if step >= max_steps:
-                return finish("abort", "max_steps")
-            if now - start >= time_limit:
-                return finish("abort", "time_limit")
-            stale = self.inputs.stale_reason(cameras, now, cfg.stale_input_timeout_s)
-            if stale:
-                return finish("abort", stale)
-            # A step runs as soon as a complete set of new frames is in (the observation is as fresh as it
-            # gets), at most once per ~control period: frames must be at least STEP_SPACING periods newer
-            # than the last step's (a faster camera does not step faster; a 10 Hz camera with jitter never
-            # skips a frame). The first step takes only frames that arrived after the goal began.
-            frames_after = start if step == 0 else last_frame + STEP_SPACING * period
-            snap = self.inputs.snapshot(cameras, cfg.max_frame_skew_s, after=frames_after)
-            if snap is None:
-                waited = now - last_step_time
-                limit = cfg.startup_input_timeout_s if step == 0 else cfg.stale_input_timeout_s
-                if waited > limit:
-                    silent = self.inputs.cameras_without_frame_after(cameras, frames_after)
-                    if silent:
-                        notes = self.inputs.refusal_notes()
-                        return finish("abort", "stale_input: " + ", ".join(
-                            f"camera '{c}'" + (f" (its last message was refused: {notes[c]})" if c in notes else "")
-                            for c in silent) + f" sent no new frame for {waited:.2f} s")
-                    return finish("abort", f"stale_input: no new, consistent set of camera frames for {waited:.2f} s "
-                                           f"(cameras {cameras}, max_frame_skew_s {cfg.max_frame_skew_s})")
-                if step == 0:
+                return finish(GoalEnd(EndReason.PREEMPTED, EndReason.PREEMPTED.value))
+            polled = runner.poll(self.inputs, cameras, now, success_time=self._success_time)
+            if isinstance(polled, GoalEnd):
+                if polled.success:
+                    feedback("finishing")
+                return finish(polled)
+            if polled is None:  # no new, consistent set of frames yet
+                if runner.steps == 0:
                     feedback("waiting_for_input")
                 self._sleep(min(period, 0.05), wake_on_frame=True)
                 continue
-            last_frame = snap.newest_frame_received
-            try:
-                proprio = proprio_vector(snap.observed_joint, cfg.arm_joint_names, cfg.gripper_joint)
-                current, velocity = current_positions(snap.joint, cfg.arm_joint_names, cfg.gripper_joint)
-            except KeyError as exc:
-                return finish("abort", f"joint state: {exc.args[0]}", hold=False)
-            before = routed_and_tokens(policy)
-            t0 = time.perf_counter()
-            try:
-                chunk = np.asarray(policy.act({"images": snap.images, "instruction": goal.instruction,
-                                               "proprio": proprio}))
-            except Exception as exc:  # noqa: BLE001 - a model error ends the goal, the server lives on
-                self.get_logger().error(f"policy.act failed: {exc!r}")
-                return finish("abort", f"policy error: {exc}")
-            t_act = time.perf_counter()
-            latency_ms = (t_act - t0) * 1e3
-            if not np.all(np.isfinite(chunk)):
-                self.get_logger().error("policy.act returned non-finite actions")
-                return finish("abort", "policy error: the policy returned non-finite actions")
-            after = routed_and_tokens(policy)
-            current, velocity = self.reference.state(time.monotonic(), current, velocity)
-            observation_age = snap.age(self.get_clock().now().nanoseconds * 1e-9, time.monotonic())
-            try:
-                traj = self.motion.plan(current, chunk[:horizon], velocity, observation_age_s=observation_age)
-            except MotionRejected as exc:
-                self.get_logger().warning(f"chunk rejected by the motion backend: {exc}")
+            snap = polled
+            outcome = runner.step(snap)
+            if isinstance(outcome, GoalEnd):
+                return finish(outcome)
+            if isinstance(outcome, ChunkRejected):
+                self.get_logger().warning(f"chunk rejected by the motion backend: {outcome.reason}")
                 self._hold()
             else:
-                if traj.report.any_hit:
-                    self.get_logger().info(f"motion limits: {traj.report.summary()}", throttle_duration_sec=2.0)
-                self._publish_trajectory(traj)
+                if outcome.report.any_hit:
+                    self.get_logger().info(f"motion limits: {outcome.report.summary()}", throttle_duration_sec=2.0)
+                self._publish_trajectory(outcome)
             self.get_logger().debug(
-                f"step {step + 1}: frame age at start {1e3 * (now - snap.newest_frame_received):.1f} ms, "
-                f"observation age at planning {1e3 * observation_age:.1f} ms, "
-                f"act {latency_ms:.1f} ms, plan+publish {1e3 * (time.perf_counter() - t_act):.1f} ms")
-            step += 1
-            last_step_time = time.monotonic()
-            first_step_time = min(first_step_time, last_step_time)
-            mean_active = self._publish_usage(policy, episode_id)  # since the goal started
-            if before is not None and after is not None and after[1] > before[1]:
-                mean_active = (after[0] - before[0]) / (after[1] - before[1])  # this step's forward pass
+                f"step {runner.steps}: frame age at start {1e3 * (now - snap.newest_frame_received):.1f} ms, "
+                f"observation age at planning {1e3 * runner.last_observation_age_s:.1f} ms, "
+                f"act {runner.latency_ms:.1f} ms, plan {runner.plan_ms:.1f} ms")
+            self._publish_usage(runner, episode_id)
             feedback("running")
 
 

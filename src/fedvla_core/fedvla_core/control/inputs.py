@@ -12,7 +12,8 @@ from typing import Callable
 import numpy as np
 
 from fedvla_core.embodiment import ARM_JOINTS, FINGER_MAX_M, GRIPPER_JOINT, PANDA_LIMITS
-from fedvla_core.control.goal_refusal import BUSY, INVALID_GOAL, NOT_READY, UNGROUNDED, refusal_reason
+from fedvla_core.control.goal_arbitration import BUSY_REFUSAL
+from fedvla_core.control.goal_refusal import INVALID_GOAL, NOT_READY, UNGROUNDED, refusal_reason
 from fedvla_core.control.input_checks import goal_limits_problem
 from fedvla_core.control.input_sync import StampedHistory
 
@@ -190,11 +191,21 @@ def goal_rejection_reason(instruction: str, *, max_length: int, model_loaded: bo
     if problem:
         return refusal_reason(UNGROUNDED, problem)
     if goal_running and on_new_goal == "reject":
-        return refusal_reason(BUSY, "another goal is running (on_new_goal = reject)")
+        return BUSY_REFUSAL
     return None
 
 
 # ----------------------------------------------------------------------------- latest inputs
+
+def stale_camera(camera: str, age: float, timeout: float) -> str:
+    """The stale_input reason of a camera whose newest frame is ``age`` s old."""
+    return f"stale_input: camera '{camera}' has not published for {age:.2f} s (timeout {timeout:.2f} s)"
+
+
+def stale_joint_states(age: float, timeout: float) -> str:
+    """The stale_input reason of joint states whose newest message is ``age`` s old."""
+    return f"stale_input: joint states have not arrived for {age:.2f} s (timeout {timeout:.2f} s)"
+
 
 @dataclass
 class Frame:
@@ -220,10 +231,20 @@ class Snapshot:
     newest_frame_received: float
     proprio_joint: JointSample | None = None  # the joint state at the frames' stamp: what the policy reads
     frame_stamp: float = 0.0  # header stamp (s) of the newest frame; 0 when a frame is unstamped
+    frames_received: dict[str, float] = field(default_factory=dict)  # camera -> arrival (time.monotonic())
 
     @property
     def observed_joint(self) -> JointSample:
         return self.proprio_joint if self.proprio_joint is not None else self.joint
+
+    def stale_reason(self, now: float, timeout: float) -> str | None:
+        """Which of this snapshot's inputs is older than ``timeout`` at ``now`` (a camera, or the joint state)."""
+        for cam, received in self.frames_received.items():
+            if now - received > timeout:
+                return stale_camera(cam, now - received, timeout)
+        if now - self.joint.received > timeout:
+            return stale_joint_states(now - self.joint.received, timeout)
+        return None
 
     def age(self, clock_now: float, monotonic_now: float) -> float:
         """Seconds since the observation: from the header stamps (capture time, same clock as
@@ -287,13 +308,11 @@ class LatestInputs:
                 if frame is None:
                     return f"stale_input: no frame from camera '{cam}'"
                 if now - frame.received > timeout:
-                    return (f"stale_input: camera '{cam}' has not published for "
-                            f"{now - frame.received:.2f} s (timeout {timeout:.2f} s)" + self._note(cam))
+                    return stale_camera(cam, now - frame.received, timeout) + self._note(cam)
             if self._joint is None:
                 return "stale_input: no joint state" + self._note("joint_states")
             if now - self._joint.received > timeout:
-                return (f"stale_input: joint states have not arrived for "
-                        f"{now - self._joint.received:.2f} s (timeout {timeout:.2f} s)" + self._note("joint_states"))
+                return stale_joint_states(now - self._joint.received, timeout) + self._note("joint_states")
         return None
 
     def _note(self, source: str) -> str:
@@ -320,7 +339,8 @@ class LatestInputs:
         at_frames = self._joint_history.nearest(max(f.stamp for f in frames), max_skew) \
             if all(f.stamp > 0 for f in frames) else None
         stamp = max(f.stamp for f in frames) if all(f.stamp > 0 for f in frames) else 0.0
-        return Snapshot({c: f.image for c, f in zip(cameras, frames)}, joint, newest, at_frames, stamp)
+        return Snapshot({c: f.image for c, f in zip(cameras, frames)}, joint, newest, at_frames, stamp,
+                        {c: f.received for c, f in zip(cameras, frames)})
 
 
 def proprio_vector(joint: JointSample, arm_joints: list[str], gripper_joint: str) -> np.ndarray:
