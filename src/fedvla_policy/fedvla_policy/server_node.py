@@ -48,16 +48,13 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import fields
 
 import numpy as np
 from builtin_interfaces.msg import Duration
 from rclpy.action import ActionClient, ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rcl_interfaces.msg import ParameterDescriptor
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -69,18 +66,19 @@ from fedvla_core.control.checkpoint_swap import CheckpointRefused, RobotSpec, lo
 from fedvla_core.control.goal_arbitration import Claim, GoalArbiter
 from fedvla_core.control.goal_refusal import NOT_READY, refusal_reason
 from fedvla_core.control.goal_runner import ChunkRejected, EndReason, GoalEnd, GoalRunner
-from fedvla_ros.image_conversion import image_to_numpy, to_rgb
 from fedvla_core.control.input_checks import InputRejected, LogLimiter, bounded, joint_state_values, trajectory_problem
-from fedvla_core.control.instruction_grounding import InstructionGrounder, trained_instructions
-from fedvla_ros.gil import use_short_gil_switch_interval
-from fedvla_ros.node_main import run_node
-from fedvla_core.control.motion import MotionConfig, MotionRejected, hold_trajectory, make_backend, stop_trajectory
-from fedvla_core.embodiment import PANDA_LIMITS, JointLimits
-from fedvla_policy.moveit_backend import MoveItBackend, moveit_available
 from fedvla_core.control.input_sync import stamp_seconds
 from fedvla_core.control.inputs import (Frame, JointSample, LatestInputs, ReferenceTracker, ServerConfig,
                                         current_positions, goal_rejection_reason)
+from fedvla_core.control.instruction_grounding import InstructionGrounder, trained_instructions
+from fedvla_core.control.motion import MotionRejected, hold_trajectory, make_backend, stop_trajectory
 from fedvla_core.control.policy_slot import PolicySlot, ServedPolicy
+from fedvla_core.embodiment import PANDA_LIMITS, JointLimits
+from fedvla_ros.gil import use_short_gil_switch_interval
+from fedvla_ros.image_conversion import image_to_numpy, to_rgb
+from fedvla_ros.node_main import run_node
+from fedvla_ros.params import declare_config
+from fedvla_policy.moveit_backend import MoveItBackend, moveit_available
 
 try:  # optional: a real ros2_control install ships control_msgs
     from control_msgs.action import FollowJointTrajectory  # type: ignore
@@ -192,19 +190,8 @@ class PolicyServer(Node):
 
     # ------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> ServerConfig:
-        defaults = ServerConfig()
-        values = {}
-        for f in fields(ServerConfig):
-            default = getattr(defaults, f.name)
-            descriptor = ParameterDescriptor(description=f.metadata.get("help", ""))
-            if isinstance(default, list) and not default:
-                param = self.declare_parameter(f.name, Parameter.Type.STRING_ARRAY, descriptor)
-                value = param.value if param.value is not None else []
-                value = [v for v in value if v]  # [""] in YAML also means "empty"
-            else:
-                value = self.declare_parameter(f.name, default, descriptor).value
-            values[f.name] = list(value) if isinstance(default, list) else value
-        return ServerConfig(**values)
+        """One typed, described, read-only ROS parameter per ServerConfig field (fedvla_ros.params)."""
+        return declare_config(self, ServerConfig)
 
     def _make_motion_backend(self):
         """moveit_py when asked for (or 'auto' and importable), else toppra; mink IK for 'ee' chunks."""
@@ -215,11 +202,7 @@ class PolicyServer(Node):
         limits = JointLimits(tuple(cfg.arm_joint_names), np.array(cfg.joint_lower_limits, dtype=float),
                              np.array(cfg.joint_upper_limits, dtype=float),
                              PANDA_LIMITS.max_velocity, PANDA_LIMITS.max_acceleration)
-        motion_cfg = MotionConfig(
-            velocity_scale=cfg.velocity_scale, acceleration_scale=cfg.acceleration_scale,
-            reject_margin=cfg.reject_margin, nominal_step_s=1.0 / cfg.control_rate_hz, timing=cfg.trajectory_timing,
-            min_lead_s=cfg.min_action_lead_s,
-            sample_dt=cfg.sample_dt, gripper_max=cfg.gripper_max)
+        motion_cfg = cfg.motion_config()
         moveit_robot = None
         if cfg.motion_backend in ("auto", "moveit") and cfg.action_space == "joint" and moveit_available():
             try:

@@ -11,11 +11,24 @@ from typing import Callable
 
 import numpy as np
 
-from fedvla_core.embodiment import ARM_JOINTS, FINGER_MAX_M, GRIPPER_JOINT, PANDA_LIMITS
+from fedvla_core.embodiment import ARM_JOINTS, GRIPPER_JOINT, PANDA_LIMITS
 from fedvla_core.control.goal_arbitration import BUSY_REFUSAL
 from fedvla_core.control.goal_refusal import INVALID_GOAL, NOT_READY, UNGROUNDED, refusal_reason
 from fedvla_core.control.input_checks import goal_limits_problem
 from fedvla_core.control.input_sync import StampedHistory
+from fedvla_core.control.motion.config import MotionConfig
+
+
+#: Server parameter -> MotionConfig field, for the fields the server passes through to the motion backend.
+MOTION_PARAMETERS = {"velocity_scale": "velocity_scale", "acceleration_scale": "acceleration_scale",
+                     "reject_margin": "reject_margin", "trajectory_timing": "timing", "min_action_lead_s": "min_lead_s",
+                     "sample_dt": "sample_dt", "gripper_max": "gripper_max"}
+
+
+def motion_field(name: str):
+    """A ServerConfig field with MotionConfig's default and help for `name` (so neither is written twice)."""
+    source = next(f for f in fields(MotionConfig) if f.name == name)
+    return field(default=source.default, metadata=dict(source.metadata))
 
 
 @dataclass
@@ -60,8 +73,7 @@ class ServerConfig:
         "help": "Highest position (rad) of each arm joint, in arm_joint_names order."})
     gripper_joint: str = field(default=GRIPPER_JOINT, metadata={
         "help": "Gripper joint commanded by the last action entry ('' = no gripper)."})
-    gripper_max: float = field(default=FINGER_MAX_M, metadata={
-        "help": "Joint position of the open gripper; action 1.0 maps to it, 0.0 to closed."})
+    gripper_max: float = motion_field("gripper_max")
     joint_state_tolerance: float = field(default=0.2, metadata={
         "help": "A joint_states message with an arm joint further than this (rad) outside joint_lower/upper_limits "
                 "(the gripper: further than gripper_max outside [0, gripper_max]) is refused as a sensor fault."})
@@ -86,17 +98,14 @@ class ServerConfig:
     hold_duration_s: float = field(default=0.2, metadata={"help": "Length of the hold trajectory sent on cancel/abort."})
     stop_deceleration_scale: float = field(default=0.3, metadata={
         "help": "Fraction of the acceleration limits used to brake on cancel/abort (gentler = less ringing)."})
-    velocity_scale: float = field(default=0.5, metadata={"help": "Fraction of the joint velocity limits used."})
-    acceleration_scale: float = field(default=0.5, metadata={"help": "Fraction of the joint acceleration limits used."})
-    reject_margin: float = field(default=0.3, metadata={
-        "help": "Targets further than this (rad) outside a joint range reject the chunk; closer ones are clipped."})
-    trajectory_timing: str = field(default="chunk", metadata={
-        "help": "'chunk': action k of a chunk is reached (k + 1) control periods after the step, the timing the "
-                "policy was trained on; 'time_optimal': the motion backend's time parameterization (toppra, "
-                "or MoveIt's TOTG)."})
-    min_action_lead_s: float = field(default=0.07, metadata={
-        "help": "'chunk' timing: an action due sooner than this after planning is skipped (the arm would have to jump)."})
-    sample_dt: float = field(default=0.05, metadata={"help": "Spacing (s) of the trajectory points ('time_optimal')."})
+    # The motion fields: MotionConfig's own defaults and help (one definition), under the server's parameter
+    # names (MOTION_PARAMETERS: two of them carry their older, user-facing names).
+    velocity_scale: float = motion_field("velocity_scale")
+    acceleration_scale: float = motion_field("acceleration_scale")
+    reject_margin: float = motion_field("reject_margin")
+    trajectory_timing: str = motion_field("timing")
+    min_action_lead_s: float = motion_field("min_lead_s")
+    sample_dt: float = motion_field("sample_dt")
     execute_horizon: int = field(default=0, metadata={
         "help": "Chunk actions turned into each trajectory (0 = the whole chunk)."})
     episode_id_prefix: str = field(default="", metadata={"help": "Prefix of episode ids (e.g. the robot id)."})
@@ -105,7 +114,7 @@ class ServerConfig:
         if self.control_rate_hz <= 0:
             raise ValueError(f"control_rate_hz must be > 0, got {self.control_rate_hz}")
         for name in ("max_frame_skew_s", "stale_input_timeout_s", "startup_input_timeout_s",
-                     "default_time_limit_s", "hold_duration_s", "sample_dt", "gripper_max", "joint_state_tolerance"):
+                     "default_time_limit_s", "hold_duration_s", "joint_state_tolerance"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0.0 < self.stop_deceleration_scale <= 1.0:
@@ -121,8 +130,6 @@ class ServerConfig:
             raise ValueError(f"on_new_goal must be 'preempt' or 'reject', got {self.on_new_goal!r}")
         if self.action_space not in ("joint", "ee"):
             raise ValueError(f"action_space must be 'joint' or 'ee', got {self.action_space!r}")
-        if self.trajectory_timing not in ("chunk", "time_optimal"):
-            raise ValueError(f"trajectory_timing must be 'chunk' or 'time_optimal', got {self.trajectory_timing!r}")
         if self.motion_backend not in ("auto", "moveit", "toppra"):
             raise ValueError(f"motion_backend must be 'auto', 'moveit' or 'toppra', got {self.motion_backend!r}")
         if self.action_space == "ee" and not (self.ik_model_path and self.ik_site):
@@ -140,6 +147,18 @@ class ServerConfig:
             raise ValueError(f"joint_lower_limits must be below joint_upper_limits; not for {bad}")
         if self.execute_horizon < 0:
             raise ValueError(f"execute_horizon must be >= 0, got {self.execute_horizon}")
+        try:
+            self.motion_config()
+        except ValueError as exc:  # MotionConfig's own checks, said in the server's parameter names
+            text = str(exc)
+            for server_name, motion_name in MOTION_PARAMETERS.items():
+                text = text.replace(f"MotionConfig.{motion_name} ", f"{server_name} ")
+            raise ValueError(text) from None
+
+    def motion_config(self) -> MotionConfig:
+        """The MotionConfig these parameters describe (one control period between chunk actions)."""
+        return MotionConfig(nominal_step_s=1.0 / self.control_rate_hz,
+                            **{motion: getattr(self, server) for server, motion in MOTION_PARAMETERS.items()})
 
     @classmethod
     def help(cls) -> dict[str, str]:
