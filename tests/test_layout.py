@@ -72,13 +72,25 @@ def test_the_core_imports_no_ros_no_flower_and_no_other_fedvla_package():
     assert not bad, f"fedvla_core must stay plain Python/PyTorch: {bad}"
 
 
-def test_importing_the_whole_core_loads_neither_rclpy_nor_flwr():
-    code = ("import importlib, pkgutil, sys, fedvla_core\n"
-            "for m in pkgutil.walk_packages(fedvla_core.__path__, 'fedvla_core.'): importlib.import_module(m.name)\n"
-            "print(sorted(m for m in ('rclpy', 'flwr') if m in sys.modules))")
+def loaded_after_import(modules_code: str, watched: tuple[str, ...] = ("rclpy", "flwr")) -> list[str]:
+    """Which of `watched` a fresh interpreter has in sys.modules after running `modules_code` (imports)."""
+    code = f"import sys\n{modules_code}\nprint(sorted(m for m in {watched!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    return ast.literal_eval(out.stdout.strip().splitlines()[-1])
+
+
+def test_importing_the_whole_core_loads_neither_rclpy_nor_flwr():
+    assert loaded_after_import(
+        "import importlib, pkgutil, fedvla_core\n"
+        "for m in pkgutil.walk_packages(fedvla_core.__path__, 'fedvla_core.'): importlib.import_module(m.name)") == []
+
+
+def test_the_sim_core_runs_without_ros():
+    """Tasks, env, experts, recorder, Meta-World adapter, sim robot and CLI: usable on the GPU machine, no rclpy."""
+    assert loaded_after_import(
+        "import fedvla_sim.env, fedvla_sim.experts, fedvla_sim.tasks, fedvla_sim.recorder, fedvla_sim.cli\n"
+        "import fedvla_sim.metaworld_env, fedvla_sim.sim_robot, fedvla_sim.trajectory", ("rclpy",)) == []
 
 
 def test_the_flower_app_depends_on_the_core_and_flower_only():
