@@ -6,10 +6,11 @@ WORKDIR /opt/fedvla
 COPY requirements-ml.txt requirements-nodeps.txt constraints.txt ./
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu \
         -r requirements-ml.txt -c constraints.txt
-COPY src/fedvla_policy ./src/fedvla_policy
+# The core, the Flower app and the deployment CLI: the layout keeps every ROS package out of the server.
+COPY src/fedvla_core ./src/fedvla_core
+COPY src/fedvla_flower ./src/fedvla_flower
 COPY src/fedvla_fed_server ./src/fedvla_fed_server
-COPY src/fedvla_fed_client ./src/fedvla_fed_client
-RUN pip install --no-cache-dir --no-deps ./src/fedvla_policy ./src/fedvla_fed_client ./src/fedvla_fed_server
+RUN pip install --no-cache-dir --no-deps ./src/fedvla_core ./src/fedvla_flower ./src/fedvla_fed_server
 ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 EXPOSE 9092 9093
 CMD ["fedvla-federation", "serve", "--certs", "/certs", "--state-dir", "/state"]
