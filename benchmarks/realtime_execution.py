@@ -128,6 +128,7 @@ class FollowerSetpoint:
 def observe(robot):
     """The sim's joint state and camera images as the server's inputs.Snapshot (received and stamped now)."""
     from fedvla_core.control.inputs import JointSample, Snapshot
+    from fedvla_core.control.server_config import ServerConfig
 
     q, qd = robot.joint_state()
     now = robot.sim_time

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from fedvla_core import embodiment
-from fedvla_core.control.inputs import ServerConfig
+from fedvla_core.control.server_config import ServerConfig
 from fedvla_core.control.motion import JointSpaceBackend, MotionConfig
 from fedvla_core.embodiment import (ACTION_NAMES, ARM_JOINTS, FINGER_JOINTS, FINGER_MAX_M, GRIPPER_JOINT, JOINT_NAMES,
                                     PANDA_LIMITS)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fedvla_core.control.goal_runner import ChunkRejected, EndReason, GoalEnd, GoalRunner
-from fedvla_core.control.inputs import Frame, JointSample, LatestInputs, ReferenceTracker, ServerConfig, Snapshot
+from fedvla_core.control.inputs import Frame, JointSample, LatestInputs, ReferenceTracker, Snapshot
+from fedvla_core.control.server_config import ServerConfig
 from fedvla_core.control.motion import JointSpaceBackend, MotionConfig, PlannedTrajectory, hold_trajectory
 from fedvla_core.embodiment import JointLimits
 from fedvla_core.model import FedVLAConfig, FedVLAPolicy

@@ -8,8 +8,9 @@ import yaml
 
 from fedvla_core.control.goal_arbitration import BUSY_REFUSAL, Claim, GoalArbiter
 from fedvla_core.control.input_sync import StampedHistory
-from fedvla_core.control.inputs import (Frame, JointSample, LatestInputs, ServerConfig, goal_rejection_reason,
-                                        instruction_problem, progress, proprio_vector, step_budget)
+from fedvla_core.control.inputs import (Frame, JointSample, LatestInputs, goal_rejection_reason, instruction_problem,
+                                        progress, proprio_vector, step_budget)
+from fedvla_core.control.server_config import ServerConfig
 from fedvla_core.control.policy_slot import PolicySlot, ServedPolicy
 
 CONFIG = Path(__file__).resolve().parents[2] / "src/fedvla_policy/config/policy_server.yaml"

@@ -17,7 +17,7 @@ from rcl_interfaces.msg import ParameterType
 from rclpy.parameter import Parameter
 
 from fedvla_core.config_fields import check_ranges
-from fedvla_core.control.inputs import ServerConfig
+from fedvla_core.control.server_config import ServerConfig
 from fedvla_fed_client.node_config import FedClientConfig
 from fedvla_ros.params import ParameterError, declare_config
 from fedvla_sim.sim_robot import SimRobotConfig

@@ -68,8 +68,9 @@ from fedvla_core.control.goal_refusal import NOT_READY, refusal_reason
 from fedvla_core.control.goal_runner import ChunkRejected, EndReason, GoalEnd, GoalRunner
 from fedvla_core.control.input_checks import InputRejected, LogLimiter, bounded, joint_state_values, trajectory_problem
 from fedvla_core.control.input_sync import stamp_seconds
-from fedvla_core.control.inputs import (Frame, JointSample, LatestInputs, ReferenceTracker, ServerConfig,
-                                        current_positions, goal_rejection_reason)
+from fedvla_core.control.inputs import (Frame, JointSample, LatestInputs, ReferenceTracker, current_positions,
+                                        goal_rejection_reason)
+from fedvla_core.control.server_config import ServerConfig
 from fedvla_core.control.instruction_grounding import InstructionGrounder, trained_instructions
 from fedvla_core.control.motion import MotionRejected, hold_trajectory, make_backend, stop_trajectory
 from fedvla_core.control.policy_slot import PolicySlot, ServedPolicy

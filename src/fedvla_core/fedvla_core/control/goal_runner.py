@@ -20,8 +20,9 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from fedvla_core.control.inputs import (LatestInputs, ReferenceTracker, ServerConfig, Snapshot, current_positions,
-                                        progress, proprio_vector, step_budget)
+from fedvla_core.control.inputs import (LatestInputs, ReferenceTracker, Snapshot, current_positions, progress,
+                                        proprio_vector, step_budget)
+from fedvla_core.control.server_config import ServerConfig
 from fedvla_core.control.motion import MotionRejected, PlannedTrajectory
 
 #: The next step needs frames received at least this many control periods after the last step's.
