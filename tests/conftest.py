@@ -2,7 +2,8 @@
 
 Every test gets its own ROS_DOMAIN_ID and loopback-only discovery, set in os.environ so that
 the processes a test starts inherit them. Domain ids are derived from the pid and a counter,
-so two pytest runs on one machine do not see each other's nodes.
+so two pytest runs on one machine do not see each other's nodes; under pytest-xdist each worker
+draws from its own slice of the ids, so tests running at the same time in two workers never share one.
 """
 from __future__ import annotations
 
@@ -20,11 +21,37 @@ REPO = Path(__file__).resolve().parents[1]
 # MuJoCo picks its GL backend when it is first imported (test modules import it at collection).
 os.environ.setdefault("MUJOCO_GL", "egl")
 _domain_counter = itertools.count()
+#: Fast DDS maps domain ids to UDP ports; 1..100 is safe on Linux.
+DOMAIN_IDS = range(1, 101)
+
+
+def _worker_domain_ids() -> range:
+    """The domain ids this pytest process may use: all of them, or worker gwN's own slice under pytest-xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count <= 1:
+        return DOMAIN_IDS
+    size = len(DOMAIN_IDS) // count
+    if size < 1:
+        raise RuntimeError(f"{count} xdist workers: more than the {len(DOMAIN_IDS)} ROS domain ids tests can use")
+    index = int(worker[2:])
+    return DOMAIN_IDS[index * size:(index + 1) * size]
 
 
 def _next_domain_id() -> int:
-    # Fast DDS maps domain ids to UDP ports; 1..100 is safe on Linux.
-    return (os.getpid() * 7 + next(_domain_counter)) % 100 + 1
+    ids = _worker_domain_ids()
+    return ids[(os.getpid() * 7 + next(_domain_counter)) % len(ids)]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files holding a `slow` test come first, each file's own order kept (without xdist only the order changes).
+
+    scripts/test.sh runs files in parallel (pytest-xdist --dist loadfile --no-loadscope-reorder): workers take
+    files in this order, so each long file starts at once on a worker of its own while the others share the
+    short files; xdist's own order (most tests first) started the longest, Table 1's smoke run, last.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable
 
 
 @pytest.fixture(autouse=True)
