@@ -25,16 +25,18 @@ import logging
 import os
 import time
 import traceback
+from collections import OrderedDict
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedvla_core.episodes.input_checks import bounded
 from fedvla_core.federated import keys
-from fedvla_core.federated.local_round import LocalRoundConfig, LocalRoundResult, run_local_round
+from fedvla_core.federated.local_round import LocalRoundConfig, LocalRoundResult, WarmState, run_local_round
 from fedvla_core.federated.round_gate import DEFAULT_GATE_TIMEOUT_S, RoundReport, wait_and_take_gate, write_report
 from fedvla_core.federated.wire import pack_arrays
-from fedvla_flower.task import arrays_to_numpy, local_round_config, numpy_to_arrays
+from fedvla_flower.task import (SIM_WARM_NODES_ENV, arrays_to_numpy, local_round_config, node_config_of,
+                                numpy_to_arrays, simulated)
 from fedvla_flower.trainer_ipc import DEFAULT_REQUEST_TIMEOUT_S, TrainerError, TrainerUnavailable, request_round
 
 log = logging.getLogger("fedvla.client")
@@ -66,15 +68,33 @@ def _timing_metrics(conf: dict, entered: float, age: float | None) -> dict:
 app = ClientApp()
 
 
-def _round_config(msg: Message, context: Context) -> tuple[LocalRoundConfig, float, float]:
+def _round_config(msg: Message, node: dict) -> tuple[LocalRoundConfig, float, float]:
     """The local round's config, the gate timeout and how long to wait for the warm trainer."""
     conf = dict(msg.content[keys.CONFIG]) if keys.CONFIG in msg.content else {}
-    cfg = local_round_config(context.node_config, conf)
+    cfg = local_round_config(node, conf)
     return (cfg, float(conf.get(keys.GATE_TIMEOUT, DEFAULT_GATE_TIMEOUT_S)),
             float(conf.get(keys.ROUND_TIMEOUT, DEFAULT_REQUEST_TIMEOUT_S)))
 
 
-def _train(cfg: LocalRoundConfig, global_arrays: dict, mode: str, timeout_s: float) -> tuple[LocalRoundResult, dict]:
+#: Simulation engine only: a Ray actor runs this ClientApp for many rounds and robots, so it keeps the last
+#: few robots' WarmState (checked against the disk before reuse), like a robot's warm trainer does.
+#: A SuperNode's flwr-clientapp process serves one message and exits: nothing to keep there.
+_SIM_WARM: "OrderedDict[str, WarmState]" = OrderedDict()
+
+
+def _sim_warm_state(episode_dir: str) -> WarmState | None:
+    size = int(os.environ.get(SIM_WARM_NODES_ENV, "0") or 0)
+    if size <= 0:
+        return None
+    warm = _SIM_WARM.pop(episode_dir, None) or WarmState()
+    _SIM_WARM[episode_dir] = warm
+    while len(_SIM_WARM) > size:
+        _SIM_WARM.popitem(last=False)
+    return warm
+
+
+def _train(cfg: LocalRoundConfig, global_arrays: dict, mode: str, timeout_s: float,
+           warm: WarmState | None = None) -> tuple[LocalRoundResult, dict]:
     """Run the round in the warm trainer if one answers, else here; returns (result, hand-off metrics)."""
     if mode != "off":
         t0 = time.monotonic()
@@ -86,7 +106,7 @@ def _train(cfg: LocalRoundConfig, global_arrays: dict, mode: str, timeout_s: flo
             raise RuntimeError(f"local trainer: {err}") from err
         except TrainerUnavailable as err:
             log.info("no warm local trainer (%s); training in the ClientApp process", err)
-    return run_local_round(cfg, global_arrays), {"warm-trainer": 0}
+    return run_local_round(cfg, global_arrays, warm=warm), {"warm-trainer": 0}
 
 
 def failure_reason(err: BaseException) -> str:
@@ -105,7 +125,8 @@ def train(msg: Message, context: Context) -> Message:
     entered, age = time.time(), process_age_s()
     logging.basicConfig(level=logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    cfg, gate_timeout, trainer_timeout = _round_config(msg, context)
+    node = node_config_of(context.node_config)  # a SuperNode's as is; a simulated node's from the fleet file
+    cfg, gate_timeout, trainer_timeout = _round_config(msg, node)
     bytes_down = msg.content[keys.ARRAYS].count_bytes() if keys.ARRAYS in msg.content else 0
     t0 = time.monotonic()
     try:
@@ -118,8 +139,9 @@ def train(msg: Message, context: Context) -> Message:
             {keys.NUM_EXAMPLES: 0, keys.BYTES_DOWN: bytes_down})}), reply_to=msg)
     try:
         global_arrays = arrays_to_numpy(msg.content[keys.ARRAYS])
-        mode = str(dict(context.node_config).get(keys.NODE_LOCAL_TRAINER, "auto"))
-        result, handoff = _train(cfg, global_arrays, mode, trainer_timeout)
+        mode = str(node.get(keys.NODE_LOCAL_TRAINER, "auto"))
+        warm = _sim_warm_state(cfg.episode_dir) if simulated(context.node_config) else None
+        result, handoff = _train(cfg, global_arrays, mode, trainer_timeout, warm)
     except Exception as err:  # noqa: BLE001 - report the failure to the robot, send an empty update
         log.error("local round failed: %s\n%s", err, traceback.format_exc())
         write_report(cfg.episode_dir, RoundReport(server_round=cfg.server_round, state="failed",

@@ -12,6 +12,8 @@ No torch at import time: the ClientApp imports this and, with a warm trainer, ne
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -55,6 +57,35 @@ def initial_model(base_checkpoint: str, model_config: str, scope: str,
     policy = build_policy(base_checkpoint, model_config, seed)
     layout = policy.trunk_layout()
     return tensors_to_upload(policy, scope, []), layout
+
+
+# -- node config ------------------------------------------------------------------------------------
+#: Flower's simulation engine gives a virtual node only these keys as node config (flwr.common.constant).
+PARTITION_ID_KEY = "partition-id"
+#: The JSON file with one robot node config per virtual node, ``{"nodes": [{...}, ...]}`` (index = partition
+#: id), written by :mod:`fedvla_flower.simulation`; its environment reaches the Ray actors that run the ClientApp.
+SIM_FLEET_ENV = "FEDVLA_SIM_FLEET"
+#: How many simulated robots' warm state (policy + decoded episodes) one ClientApp process keeps (0 = none).
+SIM_WARM_NODES_ENV = "FEDVLA_SIM_WARM_NODES"
+
+
+def simulated(node_config: Mapping) -> bool:
+    """A virtual node of Flower's simulation engine whose robot config comes from the fleet file."""
+    return (keys.NODE_EPISODE_DIR not in node_config and PARTITION_ID_KEY in node_config
+            and bool(os.environ.get(SIM_FLEET_ENV, "")))
+
+
+def node_config_of(node_config: Mapping) -> dict:
+    """The robot's node config: a SuperNode's ``--node-config`` as it is (it names an episode-dir).
+
+    A virtual node of Flower's simulation engine has only ``partition-id``/``num-partitions``; its robot
+    config is entry ``partition-id`` of the fleet file named by ``$FEDVLA_SIM_FLEET`` (when set).
+    """
+    node = dict(node_config)
+    if not simulated(node):
+        return node
+    fleet = json.loads(Path(os.environ[SIM_FLEET_ENV]).read_text())["nodes"]
+    return {**node, **fleet[int(node[PARTITION_ID_KEY])]}
 
 
 # -- round settings ---------------------------------------------------------------------------------
