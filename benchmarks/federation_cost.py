@@ -31,8 +31,20 @@ The 2 simulated robots share this machine's cores: each robot's processes get --
 torch/OpenMP threads (default 1, as if each robot had its own core). With torch's default (all
 cores per process) the two trainers' threads oversubscribe the CPU and slow every process on it.
 
+Simulation engine (--engine simulation; the research path, fedvla_flower.simulation): the same app on
+`flower-superlink --simulation` + `flwr run --federation-config` (Ray), the ClientApp in warm Ray actors
+(--sim-cpus CPUs, --sim-client-cpus each), each keeping its robots' policy and decoded episodes warm.
+Rows: the default FedVLAConfig with 4 clients, and a scaling series (a tiny FedVLAConfig, --sim-clients
+4,10,25,50,100 clients per round). With more clients than actors the actors train clients one after the
+other, so the training a round cannot avoid is sum(clients' train time) / workers (workers = min(actors,
+clients)); overhead_s = round wall - that. engine_s = round wall - sum(clients' whole ClientApp time) /
+workers: Flower + Ray alone (without our ClientApp's load, merge, save and pack). The first round (Ray
+actors import torch, build the policies, decode the episodes) is reported apart, not in the means.
+It writes only the JSON's "simulation" entry (and the deployment only its own): each run keeps the other's rows.
+
     .venv/bin/python benchmarks/federation_cost.py [--rounds 2] [--local-steps 5] [--modes warm,cold]
         [--cold-configs eda-trunk-fp16] [--robot-threads 1] [--keep-work]
+        [--engine deployment|simulation|both] [--sim-rounds 4] [--sim-clients 4,10,25,50,100]
         [--out benchmarks/results/federation_cost.json]
 """
 from __future__ import annotations
@@ -53,6 +65,12 @@ from fedvla_core.episodes import EpisodeWriter
 from fedvla_fed_server.certs import generate_certificates
 
 from fedvla_bringup.loopback_federation import LoopbackFederation
+from fedvla_flower.simulation import Simulation, SimulationSettings, fleet_node_configs
+
+#: The scaling series' model: a FedVLAConfig of a few tens of thousands of parameters (one 32x32 camera).
+TINY = dict(camera_names=["agentview"], image_size=32, patch_size=8, d_model=32, n_layers=2, n_heads=2, n_experts=4,
+            expert_hidden=32, iosp_topk=2, iosp_n_experts=2, iosp_expert_hidden=16, chunk_size=4, proprio_dim=8,
+            action_dim=8)
 
 CONFIGS = {
     "eda-trunk-fp32": {"strategy": "eda", "scope": "trunk", "upload-dtype": "float32"},
@@ -204,6 +222,128 @@ def run_config_rounds(name: str, overrides: dict, args, work: Path, certs: Path,
             "breakdown": breakdown}
 
 
+def model_size(cfg_kwargs: dict) -> dict:
+    from fedvla_core.model import FedVLAConfig, FedVLAPolicy
+
+    policy = FedVLAPolicy(FedVLAConfig(**cfg_kwargs))
+    trunk = sum(v.numel() for v in policy.export_trunk().values())
+    total = sum(p.numel() for p in policy.parameters())
+    return {"trunk_params": int(trunk), "total_params": int(total)}
+
+
+def run_simulation_rounds(cfg_kwargs: dict, clients: int, args, work: Path) -> dict:
+    """One simulated run of `clients` virtual robots for --sim-rounds rounds; per-round overhead beyond training."""
+    from fedvla_core.model import FedVLAConfig
+
+    model_cfg = FedVLAConfig(**cfg_kwargs)
+    robots = [work / "robots" / f"robot{i}" for i in range(clients)]
+    for i, robot in enumerate(robots):
+        if not robot.exists():
+            make_episodes(robot, i, model_cfg.camera_names, model_cfg.image_size)
+        shutil.rmtree(robot / "policy", ignore_errors=True)
+    settings = SimulationSettings(num_cpus=args.sim_cpus, client_cpus=args.sim_client_cpus, warm_nodes=clients,
+                                  timeout_s=1800)
+    run_config = {"num-server-rounds": args.sim_rounds, "strategy": "eda", "scope": "trunk", "min-nodes": clients,
+                  "model-config": json.dumps(cfg_kwargs), "local-steps": args.sim_local_steps,
+                  "batch-size": args.batch_size, "round-timeout": 600.0, "node-wait-timeout": 120.0,
+                  "checkpoint-dir": str(work / f"sim-{clients}" / "checkpoints")}
+    with CpuSampler() as cpu, Simulation(work / f"sim-{clients}", fleet_node_configs(robots), settings) as sim:
+        res = sim.run(run_config)
+    if res.status != "finished:completed" or len(res.rounds) != args.sim_rounds:
+        raise RuntimeError(f"simulation with {clients} clients: {res.status}, {len(res.rounds)} rounds; see {res.log_path}")
+    workers = min(settings.actors, clients)
+    per_round = []
+    for m in res.rounds:
+        n = int(m.get("num-clients", 0))
+        if n != clients:
+            raise RuntimeError(f"simulation with {clients} clients: a round aggregated {n}; see {res.log_path}")
+        train_sum = m["train-time-s"] * n  # equal data per robot: the num-examples-weighted mean is the plain mean
+        client_sum = m["round-client-s"] * n
+        per_round.append({
+            "round_wall_s": m["round-wall-s"], "train_s_sum": train_sum, "train_s_max": m["train-time-s-max"],
+            "client_s_sum": client_sum, "load_s_mean": m.get("load-s"), "delivery_s_max": m.get("delivery-s-max"),
+            "return_s_max": m.get("return-s-max"), "aggregate_s": m.get("aggregate-s"),
+            "overhead_s": m["round-wall-s"] - train_sum / workers,
+            "engine_s": m["round-wall-s"] - client_sum / workers,
+            "train_loss": m.get("train-loss")})
+    later = per_round[1:]
+    mean = lambda key: float(np.mean([r[key] for r in later]))  # noqa: E731
+    return {"clients": clients, "actors": settings.actors, "workers": workers, "status": res.status,
+            "run_wall_s": res.wall_s, "cpu": cpu.summary(), "rounds": per_round,
+            "first_round_wall_s": per_round[0]["round_wall_s"],
+            "round_wall_s_mean": mean("round_wall_s"), "train_s_sum_mean": mean("train_s_sum"),
+            "overhead_s_mean": mean("overhead_s"), "engine_s_mean": mean("engine_s"),
+            "overhead_s_per_client": mean("overhead_s") / clients, "engine_s_per_client": mean("engine_s") / clients,
+            "load_s_mean": mean("load_s_mean") if all(r["load_s_mean"] is not None for r in later) else None,
+            "bytes_down_per_client": res.rounds[0].get("bytes-down-per-client")}
+
+
+def simulation_section(args, work: Path) -> dict:
+    """The JSON's "simulation" entry: the default model with 4 clients, and the tiny model's scaling series."""
+    import ray
+
+    from fedvla_core.model import FedVLAConfig
+
+    with CpuSampler() as idle:
+        time.sleep(5)
+    default_row = None
+    if not args.sim_skip_default:
+        print("== simulation: default FedVLAConfig, 4 clients", flush=True)
+        default_row = run_simulation_rounds({}, 4, args, work / "default")
+        print(json.dumps({k: v for k, v in default_row.items() if k != "rounds"}, indent=1), flush=True)
+    scaling = []
+    for k in [int(c) for c in args.sim_clients.split(",") if c]:
+        print(f"== simulation: tiny model, {k} clients", flush=True)
+        row = run_simulation_rounds(TINY, k, args, work / "tiny")
+        print(json.dumps({k_: v for k_, v in row.items() if k_ != "rounds"}, indent=1), flush=True)
+        scaling.append(row)
+    default_cfg = FedVLAConfig()
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only, "
+                   "shared machine (see cpu_idle_before and each row's cpu)",
+        "engine": f"flwr {__import__('flwr').__version__} simulation (flower-superlink --simulation, flwr run "
+                  f"--federation-config), Ray {ray.__version__}, {args.sim_cpus:g} CPUs, {args.sim_client_cpus:g} "
+                  "per ClientApp actor, 1 torch thread per actor, in-memory grid; ServerApp reply poll 0.2 s "
+                  "(fedvla_flower.server_app.REPLY_POLL_S), engine message poll 0.1 s (flwr vce_api)",
+        "overhead_definition": "per round after the first: overhead_s = round wall (ServerApp: push to last reply "
+                               "+ aggregation) - sum of the clients' optimizer-step time / workers, workers = "
+                               "min(actors, clients) (the actors train clients one after the other); engine_s = "
+                               "round wall - sum of the clients' whole ClientApp time (load/merge, train, save, "
+                               "pack) / workers, i.e. Flower + Ray alone",
+        "settings": {"rounds": args.sim_rounds, "rounds_in_means": "2.." + str(args.sim_rounds),
+                     "local_steps": args.sim_local_steps, "batch_size": args.batch_size, "strategy": "eda",
+                     "scope": "trunk", "episodes_per_robot": 2, "steps_per_episode": 10,
+                     "warm_nodes_per_actor": "= clients (every robot stays warm)"},
+        "models": {"default": {"config": "FedVLAConfig() defaults", "camera_names": default_cfg.camera_names,
+                               "image_size": default_cfg.image_size, **model_size({})},
+                   "tiny": {"config": TINY, **model_size(TINY)}},
+        "cpu_idle_before": idle.summary(),
+        "default_model_4_clients": default_row,
+        "tiny_model_scaling": scaling,
+        "summary": {
+            **({"default_4_clients_overhead_s_per_round": default_row["overhead_s_mean"],
+                "default_4_clients_engine_s_per_round": default_row["engine_s_mean"],
+                "default_4_clients_round_wall_s": default_row["round_wall_s_mean"]} if default_row else {}),
+            "tiny_overhead_s_per_round_by_clients": {str(r["clients"]): r["overhead_s_mean"] for r in scaling},
+            "tiny_engine_s_per_round_by_clients": {str(r["clients"]): r["engine_s_mean"] for r in scaling},
+            "tiny_round_wall_s_by_clients": {str(r["clients"]): r["round_wall_s_mean"] for r in scaling},
+        },
+        "targets": {
+            "overhead_le_0_5s_per_round_4_clients": (default_row["overhead_s_mean"] <= 0.5 if default_row else None),
+            "note": "the issue's target is for the H200; these figures are this 2-core CPU's",
+            "max_clients_per_round_run": max((r["clients"] for r in scaling), default=0),
+        },
+    }
+
+
+def write_merged(path: Path, section: dict) -> None:
+    """Update `path` with `section`'s keys, keeping the keys it does not name (deployment vs simulation rows)."""
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**old, **section}, indent=1, default=float))
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2, help="rounds per configuration")
@@ -217,7 +357,26 @@ def main() -> None:
                         help="torch/OpenMP threads of each simulated robot's processes (0 = torch's default)")
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder (logs) and print its path")
     parser.add_argument("--out", default="benchmarks/results/federation_cost.json", help="output JSON")
+    parser.add_argument("--engine", default="deployment", choices=("deployment", "simulation", "both"),
+                        help="deployment (SuperLink + SuperNodes, TLS), simulation (Ray), or both")
+    parser.add_argument("--sim-rounds", type=int, default=4, help="rounds per simulated run (the first is cold)")
+    parser.add_argument("--sim-local-steps", type=int, default=5, help="client optimizer steps per simulated round")
+    parser.add_argument("--sim-clients", default="4,10,25,50,100", help="the tiny model's clients per round series")
+    parser.add_argument("--sim-skip-default", action="store_true", help="skip the default model's 4-client row")
+    parser.add_argument("--sim-cpus", type=float, default=2.0, help="CPUs Ray may use")
+    parser.add_argument("--sim-client-cpus", type=float, default=1.0, help="CPUs per ClientApp actor")
     args = parser.parse_args()
+    if args.engine in ("simulation", "both"):
+        work = Path(tempfile.mkdtemp(prefix="fedvla_simcost_"))
+        try:
+            write_merged(Path(args.out), {"simulation": simulation_section(args, work)})
+        finally:
+            if args.keep_work:
+                print(f"logs kept in {work}")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+        if args.engine == "simulation":
+            return
 
     from fedvla_core.model import FedVLAConfig, FedVLAPolicy
 
@@ -278,10 +437,7 @@ def main() -> None:
                                          for m, by_name in results.items() for n, r in by_name.items()},
         },
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1, default=float))
-    print(f"wrote {path}")
+    write_merged(Path(args.out), out)
     if args.keep_work:
         print(f"logs kept in {work}")
     else:
