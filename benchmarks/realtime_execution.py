@@ -128,7 +128,6 @@ class FollowerSetpoint:
 def observe(robot):
     """The sim's joint state and camera images as the server's inputs.Snapshot (received and stamped now)."""
     from fedvla_core.control.inputs import JointSample, Snapshot
-    from fedvla_core.control.server_config import ServerConfig
 
     q, qd = robot.joint_state()
     now = robot.sim_time
@@ -141,7 +140,7 @@ def observe(robot):
 def rollout_server_semantics(robot, policy, motion, task: str, seed: int, cond: Condition, max_steps: int) -> dict:
     """One episode with the policy server's execution: trajectories replace each other every period."""
     from fedvla_core.control.goal_runner import ChunkRejected, GoalEnd, GoalRunner
-    from fedvla_core.control.inputs import ServerConfig
+    from fedvla_core.control.server_config import ServerConfig
     from fedvla_core.control.motion import hold_trajectory
 
     instruction = robot.reset(task, seed)
