@@ -99,6 +99,26 @@ for setup in "$ROOT"/src/*/setup.py; do
     stamp_set "$pkg" "$h"
   fi
 done
+# A console script that moved between packages (fedvla-train: fedvla_policy -> fedvla_core) is deleted from
+# bin/ when the package that used to own it is reinstalled after its new owner: reinstall the owner of any
+# console script that is missing.
+missing_owners=$("$V/bin/python" - "$V" <<'PY'
+import sys
+from importlib import metadata
+from pathlib import Path
+for dist in metadata.distributions():
+    name = dist.metadata["Name"] or ""
+    if name.startswith("fedvla") and any(ep.group == "console_scripts" and not (Path(sys.argv[1]) / "bin" / ep.name).exists()
+                                         for ep in dist.entry_points):
+        print(name)
+PY
+)
+for pkg in $missing_owners; do
+  if [[ -f "$ROOT/src/$pkg/setup.py" ]]; then
+    log "reinstalling $pkg (a console script of it is missing)"
+    quiet_pip install --no-deps --no-build-isolation -e "$ROOT/src/$pkg"
+  fi
+done
 # share/<pkg>/{launch,config} as real directories of per-file links (ros2launch's os.walk does not enter a
 # linked folder), package.xml + ament index marker, and lib/<pkg>/<exe> wrappers of the console scripts
 # (`ros2 run` and launch_ros look there; pip writes bin/). Idempotent; stale links are removed.
