@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import importlib
 import json
 import os
 import statistics
@@ -50,15 +51,18 @@ import torch
 from torch.utils.data import Dataset
 
 REPO = Path(__file__).resolve().parents[1]
-if os.environ.get("FEDVLA_POLICY_SRC"):  # measure another checkout's policy package (e.g. the commit before)
-    sys.path.insert(0, os.environ["FEDVLA_POLICY_SRC"])
-else:
-    sys.path.insert(0, str(REPO / "src" / "fedvla_policy"))  # runnable from a bare checkout (GPU box)
+#: The package folder whose model and training engine are measured: this checkout's core, or another
+#: checkout's (FEDVLA_POLICY_SRC, e.g. the commit before the engine, where they lived in fedvla_policy).
+ENGINE_SRC = Path(os.environ.get("FEDVLA_POLICY_SRC") or REPO / "src" / "fedvla_core")
+sys.path.insert(0, str(ENGINE_SRC))  # runnable from a bare checkout (GPU box)
 sys.path.insert(1, str(REPO / "src" / "fedvla_bringup"))
 
 from fedvla_bringup.provenance import git_commit  # noqa: E402
-from fedvla_core.model import FedVLAConfig, FedVLAPolicy  # noqa: E402
-from fedvla_core.training import TrainConfig, train  # noqa: E402
+
+_model = importlib.import_module(f"{ENGINE_SRC.name}.model")
+_training = importlib.import_module(f"{ENGINE_SRC.name}.training")
+FedVLAConfig, FedVLAPolicy = _model.FedVLAConfig, _model.FedVLAPolicy
+TrainConfig, train = _training.TrainConfig, _training.train
 
 KINDS = ("dgmoe", "topk", "dense")
 RESULTS = REPO / "benchmarks" / "results" / "train_throughput.json"
@@ -315,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", action="store_true",
                    help="One child process per kind and batch size (+ --legacy-src), compiling in parallel, timing one at a time.")
     p.add_argument("--legacy-src", default=None,
-                   help="With --parallel: also measure this checkout's fedvla_policy package folder (eager only).")
+                   help="With --parallel: also measure another checkout's engine package folder (fedvla_core, or fedvla_policy before the one-core layout; eager only).")
     p.add_argument("--legacy-commit", default="", help="The commit --legacy-src holds (stored in its rows).")
     p.add_argument("--legacy-interval-steps", type=int, default=10, help="Steps per interval for the legacy child.")
     p.add_argument("--gpu-lock", default=None, help="File whose exclusive lock every timed part holds.")
@@ -332,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.write_language_cache:
-        from fedvla_core.model.encoders import FrozenSentenceEncoder
+        FrozenSentenceEncoder = importlib.import_module(f"{ENGINE_SRC.name}.model.encoders").FrozenSentenceEncoder
 
         cfg = FedVLAConfig()
         FrozenSentenceEncoder(cfg.language_model_path, cfg.max_instruction_tokens).save_cache(

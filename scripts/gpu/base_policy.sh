@@ -27,10 +27,10 @@ if ! python3 -c "import mujoco" 2>/dev/null && [ "$(cat /tmp/site/.installed 2>/
     .carry_base/whl/*.whl 2>&1 | grep -v "WARNING: Target directory" || true
   ls .carry_base/whl > /tmp/site/.installed
 fi
-# The policy and episode packages come from the commit snapshot in .carry_base/head when there is one (what
+# The core (model, training, episodes) comes from the commit snapshot in .carry_base/head when there is one (what
 # was committed when the carry was prepared), so other engineers' half-done edits never travel into a run.
 HEAD_SRC=$PWD/src; [ -d .carry_base/head/src ] && HEAD_SRC=$PWD/.carry_base/head/src
-export PYTHONPATH=/tmp/site:$PWD/.carry_base/mw_site:$HEAD_SRC/fedvla_policy:$PWD/src/fedvla_sim:$HEAD_SRC/fedvla_fed_client
+export PYTHONPATH=/tmp/site:$PWD/.carry_base/mw_site:$HEAD_SRC/fedvla_core:$PWD/src/fedvla_sim:$HEAD_SRC/fedvla_ros:$HEAD_SRC/fedvla_flower
 export MUJOCO_GL=egl PYOPENGL_PLATFORM=egl PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 [ -f /usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json ] && \
   export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
@@ -74,7 +74,7 @@ for phase in ${PHASES:-record eval_old train eval_new pack}; do
   throughput_bg)
     # benchmarks/train_throughput.py (issue 13's table) in its own session: one child per FFN kind x batch size,
     # plus the engine before the device-resident path (.carry_base/legacy); timed parts take a lock, one at a time.
-    export FEDVLA_POLICY_SRC=$HEAD_SRC/fedvla_policy FEDVLA_GIT_COMMIT=$(cat .carry_base/head/COMMIT 2>/dev/null || echo unknown)
+    export FEDVLA_POLICY_SRC=$HEAD_SRC/fedvla_core FEDVLA_GIT_COMMIT=$(cat .carry_base/head/COMMIT 2>/dev/null || echo unknown)
     legacy=(--legacy-src .carry_base/legacy/src/fedvla_policy --legacy-commit "$(cat .carry_base/legacy/COMMIT)")
     [ "${THROUGHPUT_LEGACY:-1}" = 1 ] || legacy=()
     # shellcheck disable=SC2086

@@ -11,7 +11,7 @@ for d in .whl .whl_mw .whl_flwr; do
   [ -d "$d" ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "$d"/*.whl 2>&1 | grep -v "WARNING: Target directory" || true
 done
-export PYTHONPATH=/tmp/site:$PWD/.carry_mw/mw_site:$PWD/src/fedvla_policy:$PWD/src/fedvla_sim:$PWD/src/fedvla_fed_client:$PWD/src/fedvla_fed_server:$PWD/src/fedvla_bringup
+export PYTHONPATH=/tmp/site:$PWD/.carry_mw/mw_site:$PWD/src/fedvla_core:$PWD/src/fedvla_ros:$PWD/src/fedvla_flower:$PWD/src/fedvla_policy:$PWD/src/fedvla_sim:$PWD/src/fedvla_fed_client:$PWD/src/fedvla_fed_server:$PWD/src/fedvla_bringup
 export PATH=/tmp/site/bin:$PATH
 export MUJOCO_GL=egl PYOPENGL_PLATFORM=egl
 [ -f /usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json ] && export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json

@@ -16,8 +16,8 @@ mkdir -p .carry_base/franka_assets
   "$OLDPWD/.carry_base/franka_assets/")
 cp -r .carry/ros .carry_base/ros
 cp -r .carry_mw/mw_site .carry_base/mw_site
-# The committed policy and episode packages (base_policy.sh prefers them to the working tree's).
-mkdir -p .carry_base/head && git archive HEAD src/fedvla_policy src/fedvla_fed_client | tar -x -C .carry_base/head
+# The committed core (model, training, episodes) and its helpers (base_policy.sh prefers them to the working tree's).
+mkdir -p .carry_base/head && git archive HEAD src/fedvla_core src/fedvla_ros src/fedvla_flower | tar -x -C .carry_base/head
 git rev-parse HEAD > .carry_base/head/COMMIT
 # The policy package before the device-resident engine (a2a5739), for train_throughput.py's before/after rows.
 mkdir -p .carry_base/legacy && git archive a2a5739^ src/fedvla_policy | tar -x -C .carry_base/legacy
