@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/policy_latency.py                 # both, on the CPU (writes the JSON)
     .venv/bin/python benchmarks/policy_latency.py --only act --device cuda   # model.act on a GPU, no ROS
+    .venv/bin/python benchmarks/policy_latency.py --only act --compile       # also act after compile_act (act_cpu_compiled)
 
 End to end: this script plays the robot. It publishes one frame per camera (same stamp) every
 --frame-period seconds plus joint states at 50 Hz, the policy server (a real process with the
@@ -60,11 +61,12 @@ def observation(policy, rng) -> dict:
             "instruction": INSTRUCTION, "proprio": np.r_[HOME, 0.04].astype(np.float32)}
 
 
-def bench_act(device: str, n: int, warmup: int) -> dict:
-    """model.act alone (a fresh observation each call, same instruction)."""
+def bench_act(device: str, n: int, warmup: int, compiled: bool = False) -> dict:
+    """model.act alone (a fresh observation each call, same instruction); compiled: after compile_act()."""
     import torch
 
     policy = make_policy().to(device).eval()
+    compile_s = policy.compile_act() if compiled else None
     rng = np.random.default_rng(0)
     for _ in range(warmup):
         policy.act(observation(policy, rng))
@@ -82,6 +84,9 @@ def bench_act(device: str, n: int, warmup: int) -> dict:
     out["device"] = device
     out["device_name"] = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu"
     out["torch_threads"] = torch.get_num_threads()
+    out["load_average_1m"] = round(os.getloadavg()[0], 2)
+    if compiled:
+        out["compile_warmup_s"] = round(compile_s, 1)
     return out
 
 
@@ -207,6 +212,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=10, help="unmeasured samples first")
     parser.add_argument("--frame-period", type=float, default=0.25, help="seconds between frame sets (node bench)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to merge the results into")
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure act after policy.compile_act() (key act_<device>_compiled)")
+    parser.add_argument("--note", default="", help="text stored as the act row's 'note' (what changed)")
     args = parser.parse_args(argv)
 
     import torch
@@ -220,8 +228,12 @@ def main(argv=None) -> int:
                                         "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if args.only in ("all", "act"):
         key = "act_" + args.device.replace(":", "")
-        results[key] = bench_act(args.device, args.n, args.warmup)
-        print(f"{key}: {results[key]}")
+        keys = [(key, False)] + ([(key + "_compiled", True)] if args.compile else [])
+        for k, compiled in keys:
+            results[k] = bench_act(args.device, args.n, args.warmup, compiled)
+            if args.note:
+                results[k]["note"] = args.note
+            print(f"{k}: {results[k]}")
     if args.only in ("all", "node"):
         if args.device != "cpu":
             print("the end-to-end benchmark runs the node on the CPU; skipping it for", args.device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -19,6 +20,9 @@ from .configuration import default_language_model_path
 
 #: File of precomputed instruction embeddings (FrozenSentenceEncoder.save_cache) to use before MiniLM.
 LANGUAGE_CACHE_ENV = "FEDVLA_LANGUAGE_CACHE"
+#: Instructions (per device) FrozenSentenceEncoder keeps computed embeddings for, least recently used
+#: dropped first: a long-running server sees free-text goals, and an unbounded dict grew with each.
+LANGUAGE_CACHE_MAX_ENTRIES = 1024
 
 
 def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
@@ -164,13 +168,16 @@ class FrozenSentenceEncoder:
 
     Use :meth:`shared` to get the process-wide instance for a model folder: loading MiniLM takes
     seconds, and every policy in a process (several clients in one simulation) can share one copy.
-    Cached embeddings are kept on each device they were asked for.
+    Cached embeddings are kept on each device they were asked for, in an LRU of at most
+    ``max_entries`` (LANGUAGE_CACHE_MAX_ENTRIES); the entries of a precomputed cache file are pinned
+    (never evicted: on a machine without MiniLM they cannot be recomputed).
+    ``hits``/``misses`` count look-ups (a repeated instruction, e.g. every step of a goal, is a hit).
     """
 
     _instances: dict[str, "FrozenSentenceEncoder"] = {}
     _lock = threading.Lock()
 
-    def __init__(self, path: str, max_tokens: int = 32):
+    def __init__(self, path: str, max_tokens: int = 32, max_entries: int = LANGUAGE_CACHE_MAX_ENTRIES):
         folder = Path(path) if path else None
         if folder is None or not (folder / "config.json").exists():
             fallback = default_language_model_path()
@@ -178,7 +185,10 @@ class FrozenSentenceEncoder:
         self.path = str(folder) if folder is not None and (folder / "config.json").exists() else ""
         self.max_tokens = max_tokens
         self.tokenizer = self.model = None
-        self._cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.max_entries = max(1, int(max_entries))
+        self._cache: OrderedDict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._pinned: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # from a cache file
+        self.hits = self.misses = 0
         self._model_lock = threading.Lock()
         self.dim = 0
         cache_file = os.environ.get(LANGUAGE_CACHE_ENV, "")
@@ -210,7 +220,8 @@ class FrozenSentenceEncoder:
         """
         if texts:
             self.encode(list(texts), "cpu")
-        entries = {text: (p.cpu(), t.cpu()) for (dev, text), (p, t) in self._cache.items() if dev == "cpu"}
+        entries = {text: (p.cpu(), t.cpu()) for (dev, text), (p, t) in (*self._pinned.items(), *self._cache.items())
+                   if dev == "cpu"}
         torch.save({"dim": self.dim, "max_tokens": self.max_tokens, "entries": entries}, path)
 
     def load_cache(self, path) -> None:
@@ -219,7 +230,21 @@ class FrozenSentenceEncoder:
             raise ValueError(f"{path}: cache made with max_tokens={data['max_tokens']}, need {self.max_tokens}")
         self.dim = int(data["dim"])
         for text, (pooled, tokens) in data["entries"].items():
-            self._cache[("cpu", text)] = (pooled, tokens)
+            self._pinned[("cpu", text)] = (pooled, tokens)
+
+    def _get(self, key: tuple[str, str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if key in self._pinned:
+            return self._pinned[key]
+        item = self._cache.get(key)
+        if item is not None:
+            self._cache.move_to_end(key)
+        return item
+
+    def _put(self, key: tuple[str, str], item: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self._cache[key] = item
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
 
     @classmethod
     def shared(cls, path: str, max_tokens: int = 32) -> "FrozenSentenceEncoder":
@@ -251,15 +276,24 @@ class FrozenSentenceEncoder:
         """
         device = torch.device(device)
         dev = str(device)
-        for t in set(texts):
-            if (dev, t) not in self._cache and ("cpu", t) in self._cache:
-                self._cache[(dev, t)] = tuple(x.to(device) for x in self._cache[("cpu", t)])
-        missing = sorted({t for t in texts if (dev, t) not in self._cache})
+        found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for t in dict.fromkeys(texts):
+            item = self._get((dev, t))
+            if item is None and dev != "cpu" and (cpu := self._get(("cpu", t))) is not None:
+                with torch.inference_mode(False):  # cached tensors must stay usable in autograd later
+                    item = tuple(x.to(device) for x in cpu)
+                self._put((dev, t), item)
+            if item is not None:
+                found[t] = item
+        missing = sorted(set(texts) - found.keys())
+        self.hits += len(texts) - sum(texts.count(t) for t in missing)
+        self.misses += len(missing)
         if missing:
             with torch.inference_mode(False):  # cached tensors must stay usable in autograd later
                 for text, emb in zip(missing, self._embed(missing, device)):
-                    self._cache[(dev, text)] = emb
-        items = [self._cache[(dev, t)] for t in texts]
+                    self._put((dev, text), emb)
+                    found[text] = emb  # not read back: a call with more texts than max_entries evicts
+        items = [found[t] for t in texts]
         longest = max(tok.shape[0] for _, tok in items)
         tokens = torch.zeros(len(items), longest, self.dim, device=device)
         mask = torch.zeros(len(items), longest, dtype=torch.bool, device=device)
@@ -278,4 +312,4 @@ class FrozenSentenceEncoder:
         return self.encode(list(texts), device)
 
     def cache_size(self) -> int:
-        return len(self._cache)
+        return len(self._cache) + len(self._pinned)

@@ -228,13 +228,18 @@ class ExpertFFN(nn.Module):
 
     @torch.no_grad()
     def record(self, counts: torch.Tensor, n_tokens: int) -> None:
-        """Add one call's routing counts (n_experts,) and its number of tokens."""
-        if self._counts is None:
-            self._counts = counts.detach().to(torch.long).clone()
-        else:
-            if self._counts.device != counts.device:
-                self._counts = self._counts.to(counts.device)
-            self._counts += counts.detach()
+        """Add one call's routing counts (n_experts,) and its number of tokens.
+
+        The running counts are a normal tensor even when act() runs under torch.inference_mode
+        (an inference tensor could not be updated in place by a later training step).
+        """
+        with torch.inference_mode(False):
+            if self._counts is None:
+                self._counts = counts.detach().to(torch.long).clone()
+            else:
+                if self._counts.device != counts.device:
+                    self._counts = self._counts.to(counts.device)
+                self._counts += counts.detach()
         self._tokens += int(n_tokens)
 
     def reset_stats(self) -> None:
