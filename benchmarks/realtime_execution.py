@@ -24,7 +24,12 @@ Conditions (same tasks, same held-out seeds, same checkpoint):
   without it;
 * `chunk, no compensation`: the same latency, but the chunk timed from when it is planned (what
   ignoring the observation's age does);
-* `time_optimal`: the earlier default (toppra along the chunk, at most H periods long).
+* `time_optimal`: the earlier default (toppra along the chunk, at most H periods long);
+* `async`: the server with `async_inference` (fedvla_core.control.chunk_scheduler): the next chunk is
+  inferred while the current one executes, started when its remaining actions fall to
+  `chunk_size_threshold`, and blended with it (`rtc` or `ensemble`). The policy's answer arrives
+  `latency` s of sim time after the observation (`SimTimeInference`: computed at once, delivered
+  then, so the run stays deterministic), is published at once, and each step is one control period.
 The real ROS path adds DDS, jitter and a busy CPU on top; the fleet demo measures that.
 """
 from __future__ import annotations
@@ -56,6 +61,8 @@ class Condition:
     latency_s: float = 0.0
     compensate: bool = True  # pass the observation's age to the planner
     min_lead_s: float | None = None  # MotionConfig.min_lead_s (None = its default)
+    async_inference: bool = False  # ServerConfig.async_inference (then chunk_blend = blend)
+    blend: str = "rtc"
 
 
 CONDITIONS = (
@@ -67,6 +74,12 @@ CONDITIONS = (
     Condition("chunk, latency 70 ms, no lead", latency_s=0.07, min_lead_s=0.0),
     Condition("chunk, latency 70 ms, no compensation", latency_s=0.07, compensate=False),
     Condition("time_optimal, latency 40 ms", timing="time_optimal", latency_s=0.04),
+    Condition("chunk, latency 100 ms", latency_s=0.1),
+    Condition("async, latency 100 ms", latency_s=0.1, async_inference=True),
+    Condition("async, latency 200 ms", latency_s=0.2, async_inference=True),
+    Condition("async, latency 100 ms, ensemble", latency_s=0.1, async_inference=True, blend="ensemble"),
+    Condition("async, latency 200 ms, ensemble", latency_s=0.2, async_inference=True, blend="ensemble"),
+    Condition("async, latency 200 ms, replace", latency_s=0.2, async_inference=True, blend="replace"),
 )
 
 
@@ -78,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=4, help="held-out seeds per task (0..N-1)")
     p.add_argument("--max-steps", type=int, default=150, help="control steps before an episode fails")
     p.add_argument("--out", default=str(RESULTS), help="results JSON")
+    p.add_argument("--only", nargs="+", default=None, help="run only the conditions whose name contains one of these")
     return p
 
 
@@ -164,6 +178,76 @@ def rollout_server_semantics(robot, policy, motion, task: str, seed: int, cond: 
     return {"success": False, "steps": runner.steps}
 
 
+class SimTimeInference:
+    """The server's inference worker in sim time: ``submit`` computes the chunk at once (deterministic) and
+    its future is done ``latency_s`` of sim time later, while the arm executes the last trajectory."""
+
+    def __init__(self, robot, latency_s: float):
+        self.robot, self.latency_s = robot, latency_s
+        self.last: DelayedFuture | None = None
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        inner = Future()
+        try:
+            inner.set_result(fn(*args))
+        except Exception as exc:  # noqa: BLE001 - the runner's collect turns it into a policy error
+            inner.set_exception(exc)
+        self.last = DelayedFuture(inner, self.robot.sim_time + self.latency_s, self.robot)
+        return self.last
+
+
+@dataclass
+class DelayedFuture:
+    inner: object
+    ready_at: float
+    robot: object
+
+    def done(self) -> bool:
+        return self.robot.sim_time >= self.ready_at - 1e-9
+
+    def result(self):
+        return self.inner.result()
+
+
+def rollout_async(robot, policy, motion, task: str, seed: int, cond: Condition, max_steps: int) -> dict:
+    """One episode with async_inference: a step per control period; a chunk is published when it arrives."""
+    from fedvla_core.control.goal_runner import ChunkRejected, GoalEnd, GoalRunner
+    from fedvla_core.control.motion import hold_trajectory
+    from fedvla_core.control.server_config import ServerConfig
+
+    instruction = robot.reset(task, seed)
+    worker = SimTimeInference(robot, cond.latency_s)
+    runner = GoalRunner(policy, motion, ServerConfig(control_rate_hz=1.0 / CONTROL_PERIOD_S, async_inference=True,
+                                                     chunk_blend=cond.blend),
+                        instruction, max_steps, math.inf, reference=FollowerSetpoint(robot),
+                        clock=lambda: robot.sim_time, executor=worker,
+                        observation_age=lambda snap: robot.sim_time - snap.newest_frame_received)
+
+    def send(outcome) -> None:
+        if isinstance(outcome, GoalEnd):
+            raise RuntimeError(f"{task} seed {seed}: the goal ended after {runner.steps} steps: {outcome.reason}")
+        if outcome is None:
+            return
+        if isinstance(outcome, ChunkRejected):
+            with robot.lock:
+                setpoint = robot.follower.sample(robot.sim_time)
+            outcome = hold_trajectory(setpoint, motion.joint_names)
+        robot.command_trajectory(outcome.joint_names, outcome.times[1:], outcome.positions[1:])
+
+    while runner.budget_end() is None:
+        period_end = robot.sim_time + CONTROL_PERIOD_S
+        send(runner.step(observe(robot)))
+        if runner.inference_pending and worker.last.ready_at < period_end - 1e-9:
+            robot.advance(max(worker.last.ready_at - robot.sim_time, 0.0))
+            send(runner.collect())  # the node publishes a finished chunk at once, between frames
+        robot.advance(max(period_end - robot.sim_time, 0.0))
+        if robot.success():
+            return {"success": True, "steps": runner.steps, "inferences": runner.inferences}
+    return {"success": False, "steps": runner.steps, "inferences": runner.inferences}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -177,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     t_start = time.monotonic()
     for cond in CONDITIONS:
+        if args.only and not any(word in cond.name for word in args.only):
+            continue
         rows = []
         motion = None if cond.timing == "sync" else motion_backend(cond.timing, cond.min_lead_s)
         for task in args.tasks:
@@ -185,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                     env = envs.setdefault(task, make_env("panda", task, seed, 128))
                     r = rollout_policy(env, policy.act, seed, args.max_steps)
                     row = {"success": r["success"], "steps": r["steps"]}
+                elif cond.async_inference:
+                    row = rollout_async(robot, policy, motion, task, seed, cond, args.max_steps)
                 else:
                     row = rollout_server_semantics(robot, policy, motion, task, seed, cond, args.max_steps)
                 rows.append({"task": task, "seed": seed, **row})

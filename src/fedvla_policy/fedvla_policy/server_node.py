@@ -536,11 +536,27 @@ class PolicyServer(Node):
         cfg = self.cfg
         goal = goal_handle.request
         episode_id = f"{cfg.episode_id_prefix}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        cameras = self.camera_names
         runner = GoalRunner(policy, self.motion, cfg, goal.instruction, goal.max_steps, goal.time_limit_s,
                             reference=self.reference, clock=time.monotonic,
                             observation_age=lambda snap: snap.age(self.get_clock().now().nanoseconds * 1e-9,
-                                                                  time.monotonic()))
+                                                                  time.monotonic()),
+                            on_chunk_ready=self._wake_waiters)
+        try:
+            return self._drive_goal(goal_handle, runner, run, episode_id)
+        finally:
+            runner.close()  # async_inference: waits for a policy.act still running (after the hold is out)
+
+    def _wake_waiters(self) -> None:
+        """Wake every goal loop waiting in _sleep (a new frame, or an async chunk is ready)."""
+        with self._waiters_lock:
+            waiters, self._frame_waiters = self._frame_waiters, []
+        for event in waiters:
+            event.set()
+
+    def _drive_goal(self, goal_handle, runner: GoalRunner, run, episode_id: str):
+        """The goal's loop: wait for frames, step (or collect an async chunk), publish, until it ends."""
+        goal = goal_handle.request
+        cameras = self.camera_names
         period = runner.period
         self.get_logger().info(f"goal {episode_id}: {goal.instruction!r} "
                                f"(<= {runner.max_steps} steps, {runner.time_limit_s:.1f} s)")
@@ -561,6 +577,17 @@ class PolicyServer(Node):
                 mean_active_experts=runner.mean_active, inference_latency_ms=runner.latency_ms,
                 episode_id=episode_id, instruction=goal.instruction))
 
+        def publish(outcome) -> None:
+            """A step's trajectory to the controller, or the hold on a refused chunk; then the expert usage."""
+            if isinstance(outcome, ChunkRejected):
+                self.get_logger().warning(f"chunk rejected by the motion backend: {outcome.reason}")
+                self._hold()
+            else:
+                if outcome.report.any_hit:
+                    self.get_logger().info(f"motion limits: {outcome.report.summary()}", throttle_duration_sec=2.0)
+                self._publish_trajectory(outcome)
+            self._publish_usage(runner, episode_id)
+
         feedback("waiting_for_input")  # at once: tells the client this goal runs (a refused one gets none)
         while True:
             now = time.monotonic()
@@ -569,6 +596,12 @@ class PolicyServer(Node):
                 return finish(GoalEnd(EndReason.CANCELED, EndReason.CANCELED.value))
             if run.preempted:
                 return finish(GoalEnd(EndReason.PREEMPTED, EndReason.PREEMPTED.value))
+            collected = runner.collect()  # async_inference: a chunk finished between frames is published at once
+            if collected is not None:
+                if isinstance(collected, GoalEnd):
+                    return finish(collected)
+                publish(collected)
+                continue
             polled = runner.poll(self.inputs, cameras, now, success_time=self._success_time)
             if isinstance(polled, GoalEnd):
                 if polled.success:
@@ -583,18 +616,12 @@ class PolicyServer(Node):
             outcome = runner.step(snap)
             if isinstance(outcome, GoalEnd):
                 return finish(outcome)
-            if isinstance(outcome, ChunkRejected):
-                self.get_logger().warning(f"chunk rejected by the motion backend: {outcome.reason}")
-                self._hold()
-            else:
-                if outcome.report.any_hit:
-                    self.get_logger().info(f"motion limits: {outcome.report.summary()}", throttle_duration_sec=2.0)
-                self._publish_trajectory(outcome)
+            if outcome is not None:  # None: async, no new chunk yet (the published trajectory goes on)
+                publish(outcome)
             self.get_logger().debug(
                 f"step {runner.steps}: frame age at start {1e3 * (now - snap.newest_frame_received):.1f} ms, "
                 f"observation age at planning {1e3 * runner.last_observation_age_s:.1f} ms, "
                 f"act {runner.latency_ms:.1f} ms, plan {runner.plan_ms:.1f} ms")
-            self._publish_usage(runner, episode_id)
             feedback("running")
 
 

@@ -10,10 +10,18 @@ A step plans from the setpoint the controller follows (``reference``, inputs.Ref
 the server), not from the lagging measured position, and passes the observation's age to the
 planner, so that with trajectory_timing 'chunk' action k is due (k + 1) periods after the
 observation was taken (motion.py).
+
+With ``async_inference`` (chunk_scheduler.py) a step does not wait for the policy: ``policy.act`` runs
+on a worker (an executor), started when the executing chunk's remaining actions fall below
+``chunk_size_threshold``; ``step`` returns None while the published trajectory keeps executing, and
+``collect`` (called by ``step`` and, between frames, by the node) turns a finished chunk, blended with
+the executing one, into the next trajectory. Inference never delays a publication: nothing that
+publishes waits on the worker.
 """
 from __future__ import annotations
 
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Protocol
@@ -22,6 +30,7 @@ import numpy as np
 
 from fedvla_core.control.inputs import (LatestInputs, ReferenceTracker, Snapshot, current_positions, progress,
                                         proprio_vector, step_budget)
+from fedvla_core.control.chunk_scheduler import TimedChunk, blend, should_infer
 from fedvla_core.control.server_config import ServerConfig
 from fedvla_core.control.motion import MotionRejected, PlannedTrajectory
 
@@ -76,6 +85,26 @@ class ChunkRejected:
 StepOutcome = PlannedTrajectory | ChunkRejected | GoalEnd
 
 
+@dataclass(frozen=True)
+class _Inference:
+    """One policy call: the chunk, how long act took and the trunk's (activations, tokens) around it."""
+
+    chunk: np.ndarray
+    latency_ms: float
+    before: tuple[int, int] | None
+    after: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An inference running on the worker: its future, the snapshot it was started on and that
+    observation's clock time (the new chunk's time origin)."""
+
+    future: object  # concurrent.futures.Future-like: done(), result()
+    snap: Snapshot
+    observed_at: float
+
+
 class Reference(Protocol):
     """Where the next trajectory starts: the setpoint the controller follows at ``now`` (inputs.ReferenceTracker)."""
 
@@ -112,13 +141,17 @@ class GoalRunner:
     observation_age_s=...)``). cfg: the server's config (joints, control rate, timeouts, horizon, default
     budget). clock: monotonic seconds, the clock of the snapshot's ``received`` times. observation_age:
     seconds since the snapshot's observation, at planning time (default: from its header stamps against
-    ``time.time()``, else its arrival).
+    ``time.time()``, else its arrival). executor (async_inference only): where ``policy.act`` runs
+    (``submit(fn) -> future``; default: a one-thread pool of this runner's, shut down by ``close``).
+    on_chunk_ready: called from the worker when an inference has finished (the node wakes its loop to
+    ``collect`` at once).
     """
 
     def __init__(self, policy, motion, cfg: ServerConfig, instruction: str, max_steps: int = 0,
                  time_limit_s: float = 0.0, *, reference: Reference | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 observation_age: Callable[[Snapshot], float] | None = None):
+                 observation_age: Callable[[Snapshot], float] | None = None,
+                 executor: Executor | None = None, on_chunk_ready: Callable[[], None] | None = None):
         self.policy, self.motion, self.cfg, self.instruction = policy, motion, cfg, instruction
         self.max_steps, self.time_limit_s = step_budget(max_steps, time_limit_s, cfg.default_max_steps,
                                                         cfg.default_time_limit_s)
@@ -143,6 +176,16 @@ class GoalRunner:
         self._last_frame = -np.inf
         self._last_step_time = self.start
         self._first_step_time = np.inf
+        # async_inference: the chunk the published trajectory executes, the inference running, the worker
+        self.inferences = 0  # policy calls finished
+        self._executing: TimedChunk | None = None
+        self._pending: _Pending | None = None
+        self._measured: tuple[np.ndarray, np.ndarray] | None = None  # the last step's measured arm state
+        self._on_chunk_ready = on_chunk_ready
+        self._owned_executor = None
+        if cfg.async_inference and executor is None:
+            executor = self._owned_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-act")
+        self._executor = executor
 
     # ------------------------------------------------------------------ between steps
     def progress(self, now: float | None = None) -> float:
@@ -202,9 +245,10 @@ class GoalRunner:
                                               f"(cameras {cameras}, max_frame_skew_s {cfg.max_frame_skew_s})")
 
     # ------------------------------------------------------------------ one step
-    def step(self, snap: Snapshot) -> StepOutcome:
+    def step(self, snap: Snapshot) -> StepOutcome | None:
         """One control step on ``snap``: the trajectory to publish, a refused chunk (hold; the step counts)
-        or the goal's end (stale snapshot, joint missing from the joint state, policy error)."""
+        or the goal's end (stale snapshot, joint missing from the joint state, policy error); with
+        async_inference also None (no new chunk yet: the published trajectory goes on)."""
         cfg = self.cfg
         stale = snap.stale_reason(self.clock(), cfg.stale_input_timeout_s)
         if stale:
@@ -215,35 +259,122 @@ class GoalRunner:
             current, velocity = current_positions(snap.joint, cfg.arm_joint_names, cfg.gripper_joint)
         except KeyError as exc:
             return GoalEnd(EndReason.JOINT_STATE, f"joint state: {exc.args[0]}")
-        policy = self.policy
-        before = routed_and_tokens(policy)
-        t0 = time.perf_counter()
+        if self.cfg.async_inference:
+            return self._step_async(snap, proprio, current, velocity)
         try:
-            chunk = np.asarray(policy.act({"images": snap.images, "instruction": self.instruction, "proprio": proprio}))
+            inference = self._act(snap.images, proprio)
         except Exception as exc:  # noqa: BLE001 - a model error ends the goal, the server lives on
-            return GoalEnd(EndReason.POLICY_ERROR, f"policy error: {exc}", log=f"policy.act failed: {exc!r}")
+            return policy_error(exc)
         t_act = time.perf_counter()
-        self.latency_ms = (t_act - t0) * 1e3
-        if not np.all(np.isfinite(chunk)):
-            return GoalEnd(EndReason.POLICY_ERROR, "policy error: the policy returned non-finite actions",
-                           log="policy.act returned non-finite actions")
-        after = routed_and_tokens(policy)
+        self.latency_ms = inference.latency_ms
+        if not np.all(np.isfinite(inference.chunk)):
+            return NON_FINITE
         current, velocity = self.reference.state(self.clock(), current, velocity)
         self.last_observation_age_s = self.observation_age(snap)
         try:
-            outcome: StepOutcome = self.motion.plan(current, chunk[:self.horizon], velocity,
+            outcome: StepOutcome = self.motion.plan(current, inference.chunk[:self.horizon], velocity,
                                                     observation_age_s=self.last_observation_age_s)
         except MotionRejected as exc:
             outcome = ChunkRejected(str(exc))
         self.plan_ms = (time.perf_counter() - t_act) * 1e3
+        self._count_step()
+        self._record_usage(inference)
+        return outcome
+
+    def _act(self, images: dict, proprio: np.ndarray) -> _Inference:
+        """One policy call (on the goal's thread when synchronous, on the worker when async)."""
+        before = routed_and_tokens(self.policy)
+        t0 = time.perf_counter()
+        chunk = np.asarray(self.policy.act({"images": images, "instruction": self.instruction, "proprio": proprio}))
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        return _Inference(chunk, latency_ms, before, routed_and_tokens(self.policy))
+
+    def _count_step(self) -> None:
         self.steps += 1
         self._last_step_time = self.clock()
         self._first_step_time = min(self._first_step_time, self._last_step_time)
+
+    def _record_usage(self, inference: _Inference) -> None:
+        self.inferences += 1
+        before, after = inference.before, inference.after
         try:
-            self.usage, self.usage_error = expert_usage_layers(policy), ""
+            self.usage, self.usage_error = expert_usage_layers(self.policy), ""
         except Exception as exc:  # noqa: BLE001 - usage stats must never stop the arm
             self.usage, self.usage_error = None, str(exc)
         self.mean_active = self.usage[1] if self.usage is not None else 0.0  # since the goal started
         if before is not None and after is not None and after[1] > before[1]:
             self.mean_active = (after[0] - before[0]) / (after[1] - before[1])  # this step's forward pass
+
+    # ------------------------------------------------------------------ asynchronous chunks
+    @property
+    def inference_pending(self) -> bool:
+        return self._pending is not None
+
+    def _step_async(self, snap: Snapshot, proprio: np.ndarray, current: np.ndarray,
+                    velocity: np.ndarray) -> StepOutcome | None:
+        """A step that never waits for the policy: collect a finished chunk, start the next inference when
+        the executing chunk runs low. None: nothing new to publish (the published trajectory goes on)."""
+        self._measured = (current, velocity)
+        self._count_step()
+        outcome = self.collect()
+        if isinstance(outcome, GoalEnd):
+            return outcome
+        now = self.clock()
+        if self._pending is None and should_infer(self._executing, now, self.period, self.cfg.chunk_size_threshold):
+            observed_at = now - self.observation_age(snap)
+            future = self._executor.submit(self._act, snap.images, proprio)
+            self._pending = _Pending(future, snap, observed_at)
+            if self._on_chunk_ready is not None:
+                future.add_done_callback(lambda _f: self._on_chunk_ready())
         return outcome
+
+    def collect(self) -> StepOutcome | None:
+        """The next trajectory when the running inference has finished (its chunk blended with the
+        executing one, chunk_scheduler.blend), its refusal or the goal's end on a policy error; None
+        while it runs or when none does."""
+        pending = self._pending
+        if pending is None or not pending.future.done():
+            return None
+        self._pending = None
+        try:
+            inference: _Inference = pending.future.result()
+        except Exception as exc:  # noqa: BLE001 - a model error ends the goal, the server lives on
+            return policy_error(exc)
+        t_done = time.perf_counter()
+        self.latency_ms = inference.latency_ms
+        if not np.all(np.isfinite(inference.chunk)):
+            return NON_FINITE
+        cfg = self.cfg
+        now = self.clock()
+        new = TimedChunk(np.asarray(inference.chunk[:self.horizon], dtype=float), pending.observed_at)
+        actions = blend(self._executing, new, now, self.period, cfg.chunk_blend, cfg.chunk_blend_weight,
+                        freeze_s=cfg.min_action_lead_s)
+        measured = self._measured if self._measured is not None else current_positions(
+            pending.snap.joint, cfg.arm_joint_names, cfg.gripper_joint)
+        current, velocity = self.reference.state(now, *measured)
+        self.last_observation_age_s = self.observation_age(pending.snap)
+        try:
+            outcome: StepOutcome = self.motion.plan(current, actions, velocity,
+                                                    observation_age_s=self.last_observation_age_s)
+            self._executing = TimedChunk(actions, pending.observed_at)
+        except MotionRejected as exc:
+            outcome = ChunkRejected(str(exc))
+            self._executing = None  # the arm holds: the next step infers at once
+        self.plan_ms = (time.perf_counter() - t_done) * 1e3
+        self._record_usage(inference)
+        return outcome
+
+    def close(self) -> None:
+        """End the goal's worker: waits for a running ``policy.act`` (the next goal resets the same policy)."""
+        self._pending = None
+        if self._owned_executor is not None:
+            self._owned_executor.shutdown(wait=True)
+            self._owned_executor = None
+
+
+NON_FINITE = GoalEnd(EndReason.POLICY_ERROR, "policy error: the policy returned non-finite actions",
+                     log="policy.act returned non-finite actions")
+
+
+def policy_error(exc: BaseException) -> GoalEnd:
+    return GoalEnd(EndReason.POLICY_ERROR, f"policy error: {exc}", log=f"policy.act failed: {exc!r}")

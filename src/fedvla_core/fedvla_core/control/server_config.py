@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from fedvla_core.config_fields import check_ranges
+from fedvla_core.control.chunk_scheduler import BLENDS
 from fedvla_core.control.motion.config import MotionConfig
 from fedvla_core.embodiment import ARM_JOINTS, GRIPPER_JOINT, PANDA_LIMITS
 
@@ -101,6 +103,20 @@ class ServerConfig:
     sample_dt: float = motion_field("sample_dt")
     execute_horizon: int = field(default=0, metadata={
         "help": "Chunk actions turned into each trajectory (0 = the whole chunk)."})
+    async_inference: bool = field(default=False, metadata={
+        "help": "Infer the next chunk on a worker thread while the current one executes (chunk_scheduler.py); "
+                "false = one policy call per control step, its trajectory replacing the last (synchronous)."})
+    chunk_size_threshold: float = field(default=0.5, metadata={
+        "help": "async_inference: start the next inference when the share of the executing chunk's actions still "
+                "ahead falls to this (LeRobot's chunk_size_threshold; 1 = at every step, 0 = when it has run out).",
+        "range": (0.0, 1.0)})
+    chunk_blend: str = field(default="rtc", metadata={
+        "help": "async_inference: how a new chunk joins the executing one where they overlap: 'rtc' (keep the "
+                "actions due within min_action_lead_s, then fade to the new chunk), 'ensemble' (weighted average, "
+                "chunk_blend_weight) or 'replace'."})
+    chunk_blend_weight: float = field(default=0.5, metadata={
+        "help": "chunk_blend 'ensemble': weight of the new chunk's action in the overlap (old: 1 - this).",
+        "range": (0.0, 1.0)})
     episode_id_prefix: str = field(default="", metadata={"help": "Prefix of episode ids (e.g. the robot id)."})
 
     def __post_init__(self):
@@ -138,6 +154,9 @@ class ServerConfig:
         bad = [n for n, lo, hi in zip(self.arm_joint_names, self.joint_lower_limits, self.joint_upper_limits) if lo >= hi]
         if bad:
             raise ValueError(f"joint_lower_limits must be below joint_upper_limits; not for {bad}")
+        check_ranges(self)
+        if self.chunk_blend not in BLENDS:
+            raise ValueError(f"chunk_blend must be one of {BLENDS}, got {self.chunk_blend!r}")
         if self.execute_horizon < 0:
             raise ValueError(f"execute_horizon must be >= 0, got {self.execute_horizon}")
         try:
