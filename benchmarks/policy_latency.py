@@ -61,22 +61,22 @@ def observation(policy, rng) -> dict:
             "instruction": INSTRUCTION, "proprio": np.r_[HOME, 0.04].astype(np.float32)}
 
 
-def bench_act(device: str, n: int, warmup: int, compiled: bool = False) -> dict:
+def bench_act(device: str, n: int, warmup: int, compiled: bool = False, cpu_threads: int = 1) -> dict:
     """model.act alone (a fresh observation each call, same instruction); compiled: after compile_act()."""
     import torch
 
     policy = make_policy().to(device).eval()
-    compile_s = policy.compile_act() if compiled else None
+    compile_s = policy.compile_act(cpu_threads=cpu_threads) if compiled else None
     rng = np.random.default_rng(0)
     for _ in range(warmup):
-        policy.act(observation(policy, rng))
+        policy.act(observation(policy, rng), cpu_threads=cpu_threads)
     times = []
     for _ in range(n):
         obs = observation(policy, rng)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        policy.act(obs)
+        policy.act(obs, cpu_threads=cpu_threads)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
@@ -84,6 +84,7 @@ def bench_act(device: str, n: int, warmup: int, compiled: bool = False) -> dict:
     out["device"] = device
     out["device_name"] = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu"
     out["torch_threads"] = torch.get_num_threads()
+    out["act_cpu_threads"] = cpu_threads
     out["load_average_1m"] = round(os.getloadavg()[0], 2)
     if compiled:
         out["compile_warmup_s"] = round(compile_s, 1)
@@ -214,6 +215,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to merge the results into")
     parser.add_argument("--compile", action="store_true",
                         help="also measure act after policy.compile_act() (key act_<device>_compiled)")
+    parser.add_argument("--cpu-threads", type=int, default=1,
+                        help="act()'s cpu_threads (1 is its default; rows for another count get the key suffix _t<N>)")
     parser.add_argument("--note", default="", help="text stored as the act row's 'note' (what changed)")
     args = parser.parse_args(argv)
 
@@ -227,10 +230,10 @@ def main(argv=None) -> int:
                                         "torch_threads": torch.get_num_threads(),
                                         "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if args.only in ("all", "act"):
-        key = "act_" + args.device.replace(":", "")
+        key = "act_" + args.device.replace(":", "") + ("" if args.cpu_threads == 1 else f"_t{args.cpu_threads}")
         keys = [(key, False)] + ([(key + "_compiled", True)] if args.compile else [])
         for k, compiled in keys:
-            results[k] = bench_act(args.device, args.n, args.warmup, compiled)
+            results[k] = bench_act(args.device, args.n, args.warmup, compiled, args.cpu_threads)
             if args.note:
                 results[k]["note"] = args.note
             print(f"{k}: {results[k]}")

@@ -94,3 +94,24 @@ def test_language_cache_is_a_bounded_lru():
     pooled, tokens, mask = enc.encode(many)
     assert pooled.shape[0] == 7 and enc.cache_size() == 3
     torch.testing.assert_close(pooled[6], enc.encode(["instruction 6"])[0][0])
+
+
+def test_stacked_expert_weights_are_cached_without_autograd_and_follow_updates():
+    from fedvla_core.model.experts import DGMoE, dispatch_mode
+
+    torch.manual_seed(0)
+    ffn = DGMoE(16, 4, 24).eval()
+    x = torch.randn(7, 16)
+    with dispatch_mode("dense"):
+        with torch.no_grad():
+            first = ffn(x).y
+            assert torch.equal(ffn(x).y, first)  # from the cache
+            ffn.experts[2].w1.weight.add_(0.5)  # an in-place update (optimizer step, load_trunk)
+            updated = ffn(x).y
+        fresh = ffn(x).y  # with autograd: stacked in the graph, no cache
+        with dispatch_mode("sparse"):
+            sparse = ffn(x).y
+    assert not torch.allclose(updated, first)
+    torch.testing.assert_close(updated, fresh.detach())
+    torch.testing.assert_close(updated, sparse.detach(), rtol=1e-5, atol=1e-6)
+    assert fresh.requires_grad
