@@ -115,3 +115,19 @@ def test_stacked_expert_weights_are_cached_without_autograd_and_follow_updates()
     torch.testing.assert_close(updated, fresh.detach())
     torch.testing.assert_close(updated, sparse.detach(), rtol=1e-5, atol=1e-6)
     assert fresh.requires_grad
+
+
+def test_each_compiled_policy_uses_its_own_weights():
+    a, b = tiny_policy(), tiny_policy()
+    with torch.no_grad():
+        torch.manual_seed(5)
+        for q in b.parameters():
+            q.add_(torch.randn_like(q) * 0.05)
+    obs = observations(2)
+    expected = [(a.act(o), b.act(o)) for o in obs]
+    a.compile_act()
+    b.compile_act()  # may reuse a's generated code: the weights are graph inputs, not constants
+    for o, (ra, rb) in zip(obs, expected):
+        np.testing.assert_allclose(a.act(o), ra, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(b.act(o), rb, rtol=1e-5, atol=1e-5)
+        assert not np.allclose(ra, rb, atol=1e-3)
