@@ -10,13 +10,10 @@ the deployment path is exercised exactly as an operator would run it. State live
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -24,18 +21,9 @@ from typing import Any, Callable, Mapping
 import tomli_w
 
 from fedvla_flower.app_dir import app_dir as app_dir_of_fedvla_flower
+from fedvla_flower.flwr_cli import bin_dir, flwr_json
 
 SUPERLINK_NAME = "fedvla"
-
-
-def _bin_dir() -> str:
-    """Folder of flower-superlink and flwr: next to the interpreter (a venv), else wherever PATH has them
-    (Flower installed with ``pip --target``, e.g. the GPU machine's /tmp/site/bin)."""
-    local = Path(sys.executable).parent
-    if (local / "flower-superlink").exists():
-        return str(local)
-    found = shutil.which("flower-superlink")
-    return str(Path(found).parent) if found else str(local)
 
 
 class SuperLinkProcess:
@@ -70,7 +58,7 @@ class SuperLinkProcess:
         return f"{self.host}:{self.port}"
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "FLWR_HOME": str(self.flwr_home), "PATH": _bin_dir() + os.pathsep + os.environ.get("PATH", ""),
+        return {**os.environ, "FLWR_HOME": str(self.flwr_home), "PATH": bin_dir() + os.pathsep + os.environ.get("PATH", ""),
                 "FEDVLA_FEDERATION_DIR": str(self.state_dir)}
 
     def _write_cli_config(self) -> None:
@@ -84,7 +72,7 @@ class SuperLinkProcess:
                                                                                SUPERLINK_NAME: conn}}))
 
     def command(self) -> list[str]:
-        cmd = [str(Path(_bin_dir()) / "flower-superlink"), "--host", self.host, "--port", str(self.port),
+        cmd = [str(Path(bin_dir()) / "flower-superlink"), "--host", self.host, "--port", str(self.port),
                "--database", str(self.state_dir / "superlink.db"), "--disable-runtime-dependency-installation"]
         if self.insecure:
             return cmd + ["--insecure"]
@@ -141,14 +129,7 @@ class SuperLinkProcess:
     # -- flwr CLI --------------------------------------------------------------------------------------
     def flwr(self, *args: str, timeout: float = 120.0) -> dict:
         """Run ``flwr <args> fedvla --format json`` and return its JSON answer."""
-        out = subprocess.run([str(Path(_bin_dir()) / "flwr"), *args, "--format", "json"], capture_output=True,
-                             text=True, env=self.env(), timeout=timeout, cwd=str(self.state_dir))
-        text = out.stdout.strip()
-        start = text.find("{")
-        try:
-            return json.loads(text[start:]) if start >= 0 else {"success": False, "error-message": out.stderr}
-        except json.JSONDecodeError:
-            return {"success": False, "error-message": text + out.stderr}
+        return flwr_json(list(args), self.env(), str(self.state_dir), timeout)
 
     def register_node(self, public_key) -> str:
         """Register a SuperNode public key (idempotent); returns the node id or '' if it was already registered."""

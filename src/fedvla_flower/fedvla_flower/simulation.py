@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +36,7 @@ from typing import Any, Mapping, Sequence
 
 from fedvla_core.federated import keys
 from fedvla_flower.app_dir import app_dir
+from fedvla_flower.flwr_cli import bin_dir, flwr_json
 from fedvla_flower.task import SIM_FLEET_ENV, SIM_WARM_NODES_ENV
 
 SUPERLINK_NAME = "fedvla-sim"
@@ -49,12 +49,6 @@ def fleet_node_configs(episode_dirs: Sequence, robot_prefix: str = "sim") -> lis
     """One robot node config per virtual node (index = partition id), training in the ClientApp's process."""
     return [{keys.NODE_ROBOT_ID: f"{robot_prefix}{i}", keys.NODE_EPISODE_DIR: str(Path(d).resolve()),
              keys.NODE_LOCAL_TRAINER: "off"} for i, d in enumerate(episode_dirs)]
-
-
-def _bin(name: str) -> str:
-    """flwr / flower-superlink next to this interpreter (a venv), else from PATH."""
-    here = Path(sys.executable).parent / name
-    return str(here) if here.is_file() else (shutil.which(name) or name)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -136,7 +130,7 @@ class Simulation:
 
     def env(self) -> dict[str, str]:
         env = {**os.environ, "FLWR_HOME": str(self.flwr_home), SIM_FLEET_ENV: str(self.fleet_path),
-               "PATH": str(Path(_bin("flwr")).parent) + os.pathsep + os.environ.get("PATH", ""),
+               "PATH": bin_dir() + os.pathsep + os.environ.get("PATH", ""),
                "FEDVLA_FEDERATION_DIR": str(self.work), "FLWR_DISABLE_UPDATE_CHECK": "1",
                SIM_WARM_NODES_ENV: str(self.settings.warm_nodes), "RAY_USAGE_STATS_ENABLED": "0"}
         if self.settings.client_threads > 0:
@@ -152,7 +146,7 @@ class Simulation:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         (self.flwr_home / "config.toml").write_text(tomli_w.dumps({"superlink": {
             "default": SUPERLINK_NAME, SUPERLINK_NAME: {"address": f"127.0.0.1:{self.port}", "insecure": True}}}))
-        cmd = [_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = [str(Path(bin_dir()) / "flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1", "--port", str(self.port),
                "--database", str(self.work / "superlink.db"), "--disable-runtime-dependency-installation"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -189,14 +183,7 @@ class Simulation:
                 time.sleep(0.2)
 
     def flwr(self, *args: str, timeout_s: float = 120.0) -> dict:
-        out = subprocess.run([_bin("flwr"), *args, "--format", "json"], capture_output=True, text=True,
-                             env=self.env(), cwd=str(self.work), timeout=timeout_s)
-        text = out.stdout.strip()
-        start = text.find("{")
-        try:
-            return json.loads(text[start:]) if start >= 0 else {"success": False, "error-message": out.stderr}
-        except json.JSONDecodeError:
-            return {"success": False, "error-message": text + out.stderr}
+        return flwr_json(list(args), self.env(), str(self.work), timeout_s)
 
     def submit(self, run_config: Mapping[str, Any]) -> str:
         import tomli_w
