@@ -269,17 +269,21 @@ class GoalRunner:
         self.latency_ms = inference.latency_ms
         if not np.all(np.isfinite(inference.chunk)):
             return NON_FINITE
-        current, velocity = self.reference.state(self.clock(), current, velocity)
-        self.last_observation_age_s = self.observation_age(snap)
-        try:
-            outcome: StepOutcome = self.motion.plan(current, inference.chunk[:self.horizon], velocity,
-                                                    observation_age_s=self.last_observation_age_s)
-        except MotionRejected as exc:
-            outcome = ChunkRejected(str(exc))
+        outcome = self._plan(snap, inference.chunk[:self.horizon], current, velocity, self.clock())
         self.plan_ms = (time.perf_counter() - t_act) * 1e3
         self._count_step()
         self._record_usage(inference)
         return outcome
+
+    def _plan(self, snap: Snapshot, actions: np.ndarray, current: np.ndarray, velocity: np.ndarray,
+              now: float) -> StepOutcome:
+        """Plan `actions` from the reference setpoint (else the measured state), timed from `snap`'s age."""
+        current, velocity = self.reference.state(now, current, velocity)
+        self.last_observation_age_s = self.observation_age(snap)
+        try:
+            return self.motion.plan(current, actions, velocity, observation_age_s=self.last_observation_age_s)
+        except MotionRejected as exc:
+            return ChunkRejected(str(exc))
 
     def _act(self, images: dict, proprio: np.ndarray) -> _Inference:
         """One policy call (on the goal's thread when synchronous, on the worker when async)."""
@@ -351,15 +355,9 @@ class GoalRunner:
                         freeze_s=cfg.min_action_lead_s)
         measured = self._measured if self._measured is not None else current_positions(
             pending.snap.joint, cfg.arm_joint_names, cfg.gripper_joint)
-        current, velocity = self.reference.state(now, *measured)
-        self.last_observation_age_s = self.observation_age(pending.snap)
-        try:
-            outcome: StepOutcome = self.motion.plan(current, actions, velocity,
-                                                    observation_age_s=self.last_observation_age_s)
-            self._executing = TimedChunk(actions, pending.observed_at)
-        except MotionRejected as exc:
-            outcome = ChunkRejected(str(exc))
-            self._executing = None  # the arm holds: the next step infers at once
+        outcome = self._plan(pending.snap, actions, *measured, now)
+        # a refused chunk: the arm holds and the next step infers at once
+        self._executing = None if isinstance(outcome, ChunkRejected) else TimedChunk(actions, pending.observed_at)
         self.plan_ms = (time.perf_counter() - t_done) * 1e3
         self._record_usage(inference)
         return outcome
